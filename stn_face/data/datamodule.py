@@ -1,0 +1,155 @@
+"""The LightningDataModule: prepared face crops for training, verification sets for validation."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from stn_face.data.datasets import FaceImageDataset, scan_identity_folders
+from stn_face.data.eval_sets import VerificationSet
+from stn_face.data.transforms import eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+
+class FaceDataModule(L.LightningDataModule):
+    """Training crops in ``root/<identity>/<image>`` plus verification sets for validation/test.
+
+    When ``raw_root`` is given, :meth:`prepare_data` first runs the MTCNN preparation from
+    ``raw_root`` into ``root`` (cached and resumable; ``crop`` holds its settings, ``people_file``
+    restricts it to the identities an LFW people list names). ``root`` may also be a folder the user
+    prepared beforehand with ``stn-face-prepare``. Labels are indices into ``class_names`` (saved in
+    checkpoints).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        raw_root: str | None = None,
+        crop: dict[str, Any] | None = None,
+        people_file: str | None = None,
+        min_images_per_identity: int = 1,
+        max_identities: int | None = None,
+        max_images_per_identity: int | None = None,
+        image_size: int = 128,
+        batch_size: int = 128,
+        eval_batch_size: int = 128,
+        num_workers: int = 2,
+        prepare_workers: int = 2,
+        augment: dict[str, Any] | None = None,
+        eval_sets: Sequence[VerificationSet] = (),
+        pin_memory: bool = False,
+        name: str = "faces",
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.root = Path(root)
+        self.raw_root = Path(raw_root) if raw_root else None
+        self.crop = dict(crop or {})
+        self.people_file = people_file
+        self.min_images_per_identity = min_images_per_identity
+        self.max_identities = max_identities
+        self.max_images_per_identity = max_images_per_identity
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.prepare_workers = prepare_workers
+        self.augment = dict(augment or {})
+        self.eval_sets = list(eval_sets)
+        self.pin_memory = pin_memory
+        self.class_names: list[str] = []
+        self.train_set: FaceImageDataset | None = None
+        self.eval_datasets: list[FaceImageDataset] = []
+
+    # ------------------------------------------------------------------------------------ preparing
+    def _identities(self) -> list[str] | None:
+        if not self.people_file:
+            return None
+        from stn_face.data.protocols import read_people
+
+        names = sorted(p.name for p in read_people(self.people_file) if p.count >= self.min_images_per_identity)
+        return names[: self.max_identities] if self.max_identities else names
+
+    def _raw_files(self) -> list[str] | None:
+        identities = self._identities()
+        if identities is None or self.raw_root is None:
+            return None
+        files = []
+        for name in identities:
+            folder = self.raw_root / name
+            if folder.is_dir():
+                images = [f"{name}/{p.name}" for p in sorted(folder.iterdir()) if p.is_file()]
+                files += images[: self.max_images_per_identity] if self.max_images_per_identity else images
+        return files
+
+    def prepare_data(self) -> None:
+        """Run MTCNN preparation of the training photos and of every verification set (rank 0 only)."""
+        if self.raw_root is not None:
+            if not self.raw_root.is_dir():
+                from stn_face.paths import HOW_TO_GET_DATA
+
+                raise FileNotFoundError(f"raw training photos not found at {self.raw_root}. {HOW_TO_GET_DATA}")
+            from stn_face.data.prepare import prepare_collection
+
+            prepare_collection(self.raw_root, self.root, files=self._raw_files(), workers=self.prepare_workers,
+                               **self.crop)
+        for eval_set in self.eval_sets:
+            eval_set.load().prepare(self.crop, workers=self.prepare_workers)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_set is None:
+            samples, self.class_names = scan_identity_folders(
+                self.root, self.min_images_per_identity, identities=self._identities(),
+                max_identities=self.max_identities, max_images_per_identity=self.max_images_per_identity)
+            aug = train_transform(self.image_size, **self.augment)
+            self.train_set = FaceImageDataset([s.path for s in samples], [s.label for s in samples], aug)
+            log.info("%s: %d training images of %d identities from %s", self.name, len(samples),
+                     len(self.class_names), self.root)
+        if not self.eval_datasets and self.eval_sets:
+            transform = eval_transform(self.image_size)
+            for eval_set in self.eval_sets:
+                if not eval_set.pairs:
+                    eval_set.load()
+                eval_set.resolve()
+                self.eval_datasets.append(FaceImageDataset(eval_set.items, None, transform))
+
+    @property
+    def num_classes(self) -> int:
+        if not self.class_names:
+            self.setup("fit")
+        return len(self.class_names)
+
+    # ---------------------------------------------------------------------------------- dataloaders
+    def _loader(self, dataset, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup('fit') first"
+        drop_last = len(self.train_set) > self.batch_size
+        return self._loader(self.train_set, self.batch_size, shuffle=True, drop_last=drop_last)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(d, self.eval_batch_size, shuffle=False, drop_last=False) for d in self.eval_datasets]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self.val_dataloader()
+
+    # ---------------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {"class_names": list(self.class_names), "image_size": self.image_size}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("class_names", [])
+        if self.class_names and saved and saved != self.class_names:
+            raise ValueError(
+                f"the checkpoint was trained on {len(saved)} identities that differ from the "
+                f"{len(self.class_names)} found in {self.root}; resume with the same training data"
+            )
+        self.class_names = list(saved) or self.class_names

@@ -1,0 +1,490 @@
+"""Collect the ``metrics.json`` files of many runs into one table shaped like the paper's Table 3.
+
+Conventions, shared with the evaluation entry point:
+
+- A run writes ``metrics.json`` holding one verification summary per benchmark, keyed by benchmark
+  name: ``{"lfw": evaluate_verification(...), "ytf": {...}}`` (see :func:`save_metrics_json`), or
+  the training entry point's layout (flat primary summary, ``"eval"``, every set under ``"sets"``).
+  ``<stage>_<benchmark>_metrics.json`` files (the verification callback's) are merged in, ``test_``
+  over ``val_``. See :func:`read_metrics`. Accuracies are fractions in [0, 1].
+- Beside it, ``roc_<benchmark>.npz`` (e.g. ``roc_lfw.npz``) holds the ROC arrays ``fpr`` and ``tpr``
+  (:func:`stn_face.evaluation.verification.save_roc_npz`).
+- The run's settings come from the nearest ``.hydra/`` folder at or above the metrics file:
+  ``hydra.yaml`` (``hydra.runtime.choices``), then ``overrides.yaml``, then ``config.yaml``
+  (``transform.name`` or ``transform._target_``, ``localization``, ``data.name``). Missing fields
+  show as ``-``.
+
+Usage: ``stn-face-report DIR [--out DIR] [--published DIR]`` (or ``python -m
+stn_face.evaluation.report``) writes ``table.md``, ``table.csv`` and ``roc.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "METRICS_FILE",
+    "PAPER_TABLE3",
+    "ROC_FILE",
+    "Run",
+    "find_runs",
+    "main",
+    "read_metrics",
+    "save_metrics_json",
+    "table_rows",
+    "write_roc_figure",
+    "write_table",
+]
+
+METRICS_FILE = "metrics.json"
+#: ROC file name pattern beside ``metrics.json``; ``{benchmark}`` is e.g. ``lfw`` or ``ytf``.
+ROC_FILE = "roc_{benchmark}.npz"
+
+#: Published accuracies (%) of the paper's Table 3 (trained on CASIA-WebFace): transform -> (LFW, YTF).
+PAPER_TABLE3: dict[str, tuple[float, float]] = {
+    "identity": (98.01, 93.4),
+    "similarity": (98.87, 94.2),
+    "affine": (99.02, 94.6),
+    "projective": (99.24, 94.6),
+}
+_TRANSFORM_ORDER = list(PAPER_TABLE3)
+_MISSING = "-"
+
+
+@dataclass
+class Run:
+    """One evaluated run: where it is, its metrics per benchmark and the settings that produced it."""
+
+    directory: Path
+    metrics: dict[str, dict[str, Any]]
+    transform: str | None = None
+    localization: str | None = None
+    data: str | None = None
+    overrides: list[str] = field(default_factory=list)
+
+    def roc_path(self, benchmark: str = "lfw") -> Path | None:
+        path = self.directory / ROC_FILE.format(benchmark=benchmark)
+        return path if path.is_file() else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics files
+
+
+def _json_ready(value: Any) -> Any:
+    """Numpy scalars/arrays to Python, NaN/inf to None, so the file is strict JSON."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if hasattr(value, "tolist"):
+        return _json_ready(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def save_metrics_json(path: str | Path, metrics_by_benchmark: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Write ``{"lfw": summary, "ytf": summary, ...}`` as strict JSON (the report's input)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_json_ready(metrics_by_benchmark), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+_STAGES = ("test", "val", "validate")
+_NOT_BENCHMARKS = ("sets", "best", "train")
+
+
+def _file_benchmark(path: Path) -> tuple[str | None, str | None]:
+    """``(stage, benchmark)`` from a file name ``[<stage>_]<benchmark>_metrics.json`` (None if absent)."""
+    stem = path.name[: -len(METRICS_FILE)].rstrip("_")
+    if not stem:
+        return None, None
+    stage, _, rest = stem.partition("_")
+    return (stage, rest or None) if stage in _STAGES else (None, stem)
+
+
+def read_metrics(path: str | Path) -> dict[str, dict[str, Any]]:
+    """A metrics file as ``{benchmark: summary}``.
+
+    Accepted layouts: ``{"lfw": summary, "ytf": summary}``; the training entry point's flat primary
+    summary with ``"eval": name`` and every set under ``"sets"``; a flat summary (benchmark from its
+    ``"benchmark"`` field, else from a file name ``[<stage>_]<benchmark>_metrics.json``, else
+    ``lfw``); and logged keys like ``"lfw/accuracy_mean"``. ``"best"`` and ``"train"`` are ignored.
+    """
+    path = Path(path)
+    raw = json.loads(path.read_text())
+    if not isinstance(raw, dict):
+        raise TypeError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    result: dict[str, dict[str, Any]] = {}
+    sets = raw.get("sets")
+    if isinstance(sets, dict):
+        result.update({str(k): v for k, v in sets.items() if isinstance(v, dict)})
+    if "accuracy_mean" in raw:
+        name = raw.get("eval") or raw.get("benchmark") or _file_benchmark(path)[1] or "lfw"
+        result.setdefault(str(name), raw)
+    for key, value in raw.items():
+        if key in _NOT_BENCHMARKS:
+            continue
+        if isinstance(value, dict) and "accuracy_mean" in value:
+            result.setdefault(key, value)
+        elif "/" in key:
+            benchmark, name = key.rsplit("/", 1)
+            result.setdefault(benchmark, {})[name] = value
+    return result
+
+
+def _read_run_metrics(paths: Sequence[Path]) -> dict[str, dict[str, Any]]:
+    """Merge a run folder's metrics files: ``metrics.json`` and ``test_*`` over ``val_*`` ones."""
+
+    def rank(path: Path) -> int:
+        stage = _file_benchmark(path)[0]
+        return 0 if stage in ("val", "validate") else 1
+
+    merged: dict[str, dict[str, Any]] = {}
+    for path in sorted(paths, key=lambda p: (rank(p), p.name)):
+        merged.update(read_metrics(path))
+    return merged
+
+
+# --------------------------------------------------------------------------------------------------
+# Hydra settings of a run
+
+
+def _load_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError:
+        return None
+
+
+def _hydra_dir(start: Path, stop: Path) -> Path | None:
+    for directory in (start, *start.parents):
+        if (directory / ".hydra").is_dir():
+            return directory / ".hydra"
+        if directory == stop:
+            break
+    return None
+
+
+def _name_from_target(target: str) -> str:
+    name = target.rsplit(".", 1)[-1]
+    for suffix in ("Transform", "Dataset", "DataModule", "Net"):
+        if name.endswith(suffix) and name != suffix:
+            name = name[: -len(suffix)]
+    return name.lower()
+
+
+def _find_key(node: Any, key: str, depth: int = 0) -> Any:
+    """The value of ``key`` in a nested config: the top level first, then nested nodes in order."""
+    if not isinstance(node, dict) or depth > 4:
+        return None
+    if key in node:
+        return node[key]
+    for value in node.values():
+        found = _find_key(value, key, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _from_config(config: Any, key: str) -> str | None:
+    value = _find_key(config, key)
+    use_target = key != "data"  # a data module's class name says nothing about the training set
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        for name_key in ("name", "family", "type"):
+            if isinstance(value.get(name_key), str):
+                return value[name_key]
+        if use_target and isinstance(value.get("_target_"), str):
+            return _name_from_target(value["_target_"])
+    return None
+
+
+def _parse_overrides(overrides: Any) -> dict[str, str]:
+    parsed = {}
+    for item in overrides or []:
+        if isinstance(item, str) and "=" in item:
+            key, value = item.split("=", 1)
+            parsed[key.lstrip("+~").rsplit("/", 1)[-1]] = value
+    return parsed
+
+
+def _choice(group: str, choices: Mapping[str, Any], overrides: Mapping[str, str], config: Any) -> str | None:
+    for key, value in choices.items():
+        if key.rsplit("/", 1)[-1] == group and isinstance(value, str):
+            return value
+    if group in overrides:
+        return overrides[group]
+    return _from_config(config, group)
+
+
+def _read_settings(run_dir: Path, root: Path) -> dict[str, Any]:
+    hydra_dir = _hydra_dir(run_dir, root)
+    if hydra_dir is None:
+        return {"overrides": []}
+    hydra_cfg = _load_yaml(hydra_dir / "hydra.yaml") or {}
+    choices = (
+        (((hydra_cfg.get("hydra") or {}).get("runtime") or {}).get("choices") or {})
+        if isinstance(hydra_cfg, dict)
+        else {}
+    )
+    override_list = _load_yaml(hydra_dir / "overrides.yaml") or []
+    overrides = _parse_overrides(override_list)
+    config = _load_yaml(hydra_dir / "config.yaml") or {}
+    return {
+        "transform": _choice("transform", choices, overrides, config),
+        "localization": _choice("localization", choices, overrides, config),
+        "data": _choice("data", choices, overrides, config),
+        "overrides": [str(item) for item in override_list] if isinstance(override_list, list) else [],
+    }
+
+
+def find_runs(root: str | Path) -> list[Run]:
+    """Every run folder under ``root`` (a Hydra multirun folder or any folder) holding metrics files.
+
+    A run folder is one holding ``metrics.json`` or ``*_metrics.json`` files (all merged, see
+    :func:`read_metrics`); folders whose files hold no verification summary are left out.
+    """
+    root = Path(root).resolve()
+    by_folder: dict[Path, list[Path]] = {}
+    for path in sorted(root.rglob(f"*{METRICS_FILE}")):
+        if path.is_file() and (path.name == METRICS_FILE or path.name.endswith(f"_{METRICS_FILE}")):
+            by_folder.setdefault(path.parent, []).append(path)
+    runs = []
+    for folder, paths in sorted(by_folder.items()):
+        metrics = _read_run_metrics(paths)
+        if not metrics:
+            continue
+        settings = _read_settings(folder, root)
+        runs.append(
+            Run(
+                directory=folder,
+                metrics=metrics,
+                transform=settings.get("transform"),
+                localization=settings.get("localization"),
+                data=settings.get("data"),
+                overrides=settings.get("overrides", []),
+            )
+        )
+    return runs
+
+
+# --------------------------------------------------------------------------------------------------
+# The table
+
+
+def _benchmark(run: Run, name: str) -> dict[str, Any] | None:
+    if name in run.metrics:
+        return run.metrics[name]
+    for key, value in run.metrics.items():
+        if key.startswith(name):
+            return value
+    return None
+
+
+def _percent(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(value):
+        return None
+    return value * 100 if abs(value) <= 1 else value
+
+
+def _sort_key(run: Run, root: Path) -> tuple:
+    transform = (run.transform or "").lower()
+    order = _TRANSFORM_ORDER.index(transform) if transform in _TRANSFORM_ORDER else len(_TRANSFORM_ORDER)
+    return (order, transform, run.localization or "", run.data or "", str(run.directory.relative_to(root)))
+
+
+def table_rows(runs: Sequence[Run], root: str | Path, far: str = "1e-3") -> list[dict[str, Any]]:
+    """One dict per run with numeric columns (percentages) in Table 3 order, sorted by transform."""
+    root = Path(root).resolve()
+    rows = []
+    for run in sorted(runs, key=lambda r: _sort_key(r, root)):
+        lfw = _benchmark(run, "lfw") or {}
+        ytf = _benchmark(run, "ytf") or {}
+        tar = (lfw.get("tar_at_far") or {}).get(far)
+        measurable = ((lfw.get("tar_at_far_measurable") or {}).get(far) or {}).get("pooled", True)
+        paper = PAPER_TABLE3.get((run.transform or "").lower(), (None, None))
+        rows.append(
+            {
+                "transform": run.transform,
+                "localization": run.localization,
+                "training_set": run.data,
+                "lfw_acc_mean": _percent(lfw.get("accuracy_mean")),
+                "lfw_acc_std": _percent(lfw.get("accuracy_std")),
+                "lfw_acc_sem": _percent(lfw.get("accuracy_sem")),
+                "ytf_acc_mean": _percent(ytf.get("accuracy_mean")),
+                "ytf_acc_std": _percent(ytf.get("accuracy_std")),
+                "lfw_auc": lfw.get("auc"),
+                "lfw_eer": _percent(lfw.get("eer")),
+                f"lfw_tar_at_far_{far}": _percent(tar) if measurable else None,
+                "paper_lfw": paper[0],
+                "paper_ytf": paper[1],
+                "run": str(run.directory.relative_to(root)) or ".",
+                "overrides": " ".join(run.overrides),
+            }
+        )
+    return rows
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return _MISSING
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _mean_std(mean: Any, std: Any) -> str:
+    if mean is None:
+        return _MISSING
+    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
+
+
+def _markdown(rows: Sequence[Mapping[str, Any]], far: str) -> str:
+    header = [
+        "Transform",
+        "Localization",
+        "Training set",
+        "LFW acc (%)",
+        "YTF acc (%)",
+        "LFW AUC",
+        "LFW EER (%)",
+        f"TAR@FAR={far} (%)",
+        "Paper LFW / YTF (%)",
+        "Run",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        paper = (
+            f"{row['paper_lfw']:.2f} / {row['paper_ytf']:.1f}" if row["paper_lfw"] is not None else _MISSING
+        )
+        cells = [
+            _fmt(row["transform"]),
+            _fmt(row["localization"]),
+            _fmt(row["training_set"]),
+            _mean_std(row["lfw_acc_mean"], row["lfw_acc_std"]),
+            _mean_std(row["ytf_acc_mean"], row["ytf_acc_std"]),
+            _fmt(row["lfw_auc"], 4),
+            _fmt(row["lfw_eer"]),
+            _fmt(row[f"lfw_tar_at_far_{far}"]),
+            paper,
+            f"`{row['run']}`",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = (
+        "\nAccuracy: mean ± population std (ddof=0) over the 10 folds, threshold chosen on the other 9 "
+        f"folds. AUC, EER and TAR@FAR={far} on all pairs pooled (LFW View 2: 3,000 negatives; FAR=1e-3 is "
+        "not measurable within one 300-negative fold). Paper: Table 3, trained on CASIA-WebFace.\n"
+    )
+    return "\n".join(lines) + "\n" + notes
+
+
+def write_table(
+    rows: Sequence[Mapping[str, Any]], out_dir: str | Path, far: str = "1e-3"
+) -> tuple[Path, Path]:
+    """Write ``table.md`` and ``table.csv`` into ``out_dir``; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md_path = out_dir / "table.md"
+    md_path.write_text(_markdown(rows, far))
+    csv_path = out_dir / "table.csv"
+    with csv_path.open("w", newline="") as handle:
+        fieldnames = list(rows[0]) if rows else ["transform"]
+        writer = csv.DictWriter(handle, fieldnames=fieldnames)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return md_path, csv_path
+
+
+def _run_label(run: Run, root: Path) -> str:
+    parts = [p for p in (run.transform, run.localization, run.data) if p]
+    return " / ".join(parts) if parts else str(run.directory.relative_to(root)) or "."
+
+
+def write_roc_figure(
+    runs: Sequence[Run],
+    path: str | Path,
+    root: str | Path,
+    benchmark: str = "lfw",
+    published: Mapping[str, Any] | None = None,
+) -> Path | None:
+    """One ROC curve per run that has ``roc_<benchmark>.npz``; None when no run has one."""
+    from stn_face.evaluation.plots import plot_roc
+    from stn_face.evaluation.verification import load_roc_npz
+
+    root = Path(root).resolve()
+    curves: dict[str, Any] = {}
+    for run in sorted(runs, key=lambda r: _sort_key(r, root)):
+        roc_path = run.roc_path(benchmark)
+        if roc_path is None:
+            continue
+        label = _run_label(run, root)
+        if label in curves:  # same settings twice (seeds): tell them apart by folder
+            label = f"{label} ({run.directory.relative_to(root)})"
+        curves[label] = load_roc_npz(roc_path)
+    if not curves:
+        return None
+    return plot_roc(curves, path, published=published, title=f"{benchmark.upper()} ROC")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="stn-face-report",
+        description="Collect metrics.json files under DIR into table.md, table.csv and roc.png.",
+    )
+    parser.add_argument("dir", type=Path, help="a Hydra multirun folder (or any folder) holding runs")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the outputs (default: DIR)")
+    parser.add_argument(
+        "--published",
+        type=Path,
+        default=None,
+        help="folder of published LFW ROC files to draw too, e.g. $STN_FACE_DATA/lfw/published-roc",
+    )
+    parser.add_argument("--far", default="1e-3", help="the TAR@FAR column, as a metrics key (default 1e-3)")
+    args = parser.parse_args(argv)
+
+    if not args.dir.is_dir():
+        parser.error(f"{args.dir} is not a folder")
+    runs = find_runs(args.dir)
+    if not runs:
+        print(f"no {METRICS_FILE} found under {args.dir}", file=sys.stderr)
+        return 1
+    out = args.out or args.dir
+    rows = table_rows(runs, args.dir, far=args.far)
+    md_path, csv_path = write_table(rows, out, far=args.far)
+    published = None
+    if args.published is not None:
+        from stn_face.evaluation.plots import load_published_rocs
+
+        published = load_published_rocs(args.published)
+    roc_path = write_roc_figure(runs, Path(out) / "roc.png", args.dir, published=published)
+    print(md_path.read_text())
+    print(
+        f"wrote {md_path}, {csv_path}"
+        + (f", {roc_path}" if roc_path else " (no roc_lfw.npz found: no roc.png)")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Small helpers for sending pictures to whichever Lightning logger is active."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+
+log = logging.getLogger(__name__)
+
+
+def log_image_file(trainer: L.Trainer, key: str, path: str | Path) -> None:
+    """Log a PNG to every attached logger that can show images (W&B, TensorBoard); others keep the file."""
+    path = Path(path)
+    for logger in trainer.loggers:
+        kind = type(logger).__name__
+        try:
+            if kind == "WandbLogger":
+                logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
+            elif kind == "TensorBoardLogger":
+                import matplotlib.image as mpimg
+
+                image = mpimg.imread(str(path))[..., :3]
+                logger.experiment.add_image(key, image, trainer.global_step, dataformats="HWC")
+        except Exception as error:  # a logging hiccup must never end a training run
+            log.warning("could not log %s to %s: %s", path.name, kind, error)
+
+
+def log_hyperparameters(trainer: L.Trainer, cfg) -> None:
+    """Send the fully resolved config to every logger (W&B shows it as the run config)."""
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(params)
+
+
+def finish_loggers(trainer: L.Trainer) -> None:
+    """Close W&B runs so the next job of a Hydra multirun starts its own run."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
+
+
+_OFFLINE_NOTICE_SHOWN = False
+
+
+def wandb_mode() -> str:
+    """``online`` when W&B credentials exist, else ``offline`` (unless WANDB_MODE says otherwise)."""
+    import os
+
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path.home() / ".netrc"
+    if netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return "online"
+    return "offline"
+
+
+def make_wandb_logger(project: str = "stn_face", entity: str | None = None, group: str | None = None,
+                      name: str | None = None, save_dir: str = ".", tags: list[str] | None = None):
+    """A ``WandbLogger`` for one Hydra job: named after the job's overrides, grouped by sweep.
+
+    Runs offline (a local run folder under ``save_dir/wandb``, upload later with ``wandb sync``)
+    when no API key is configured, and says so once.
+    """
+    global _OFFLINE_NOTICE_SHOWN
+    import os
+
+    from lightning.pytorch.loggers import WandbLogger
+
+    mode = wandb_mode()
+    os.environ["WANDB_MODE"] = mode
+    if mode == "offline" and not _OFFLINE_NOTICE_SHOWN:
+        log.warning("W&B: no API key found, logging offline to %s/wandb; upload later with `wandb sync "
+                    "%s/wandb/offline-run-*`", save_dir, save_dir)
+        _OFFLINE_NOTICE_SHOWN = True
+    group = group or _hydra_group()
+    name = name or _hydra_job_name()
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    return WandbLogger(project=project, entity=entity, group=group, name=name, save_dir=save_dir,
+                       tags=list(tags or []), mode=mode, log_model=False, reinit="finish_previous")
+
+
+def _hydra_group() -> str | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+    except Exception:
+        return None
+    if str(hydra_cfg.mode) == "RunMode.MULTIRUN":
+        return Path(hydra_cfg.sweep.dir).name
+    return None
+
+
+def _hydra_job_name() -> str | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+    except Exception:
+        return None
+    return hydra_cfg.job.override_dirname or Path(hydra_cfg.runtime.output_dir).name

@@ -1,0 +1,161 @@
+"""The LightningModule: spatial transformer -> backbone -> margin head, trained end to end."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stn_face.geometry import decompose
+from stn_face.nn.transformer import SpatialTransformer
+
+
+class StnFaceModule(L.LightningModule):
+    """Composes a :class:`SpatialTransformer`, a backbone and a margin head (all built by Hydra).
+
+    Optimisation follows the paper: one SGD optimiser with two parameter groups, the localization
+    net at ``localization_lr_mult`` times the base rate (the paper: 10 to 100 times smaller) and its
+    gradient norm clipped at ``localization_grad_clip``. The margin is switched on after
+    ``margin_warmup_steps`` plain-softmax steps. Steps whose gradients are not finite are skipped and
+    counted (``train/skipped_steps``).
+
+    ``validation_step`` returns flip-summed features for the verification callback.
+    """
+
+    def __init__(
+        self,
+        transformer: SpatialTransformer,
+        backbone: nn.Module,
+        head: Callable[..., nn.Module],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        num_classes: int,
+        scheduler: Callable[..., Any] | None = None,
+        localization_lr_mult: float = 0.01,
+        localization_grad_clip: float | None = 1.0,
+        margin_warmup_steps: int = 0,
+        channels_last: bool = False,
+        compile: bool = False,
+        collapse_scale: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["transformer", "backbone", "head", "optimizer", "scheduler"],
+                                  logger=False)
+        self.transformer = transformer
+        self.backbone = backbone
+        embedding_size = getattr(backbone, "embedding_size", None)
+        if embedding_size is None:
+            raise ValueError("the backbone must expose `embedding_size`")
+        self.head = head(embedding_size=embedding_size, num_classes=num_classes)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.localization_lr_mult = localization_lr_mult
+        self.localization_grad_clip = localization_grad_clip
+        self.margin_warmup_steps = margin_warmup_steps
+        self.channels_last = channels_last
+        self.collapse_scale = collapse_scale
+        self.skipped_steps = 0
+        self._last_step_time: float | None = None
+        if channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self._backbone_forward = torch.compile(self.backbone) if compile else self.backbone
+
+    # ----------------------------------------------------------------------------------------- model
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images ``(B, 3, H, W)`` -> embeddings ``(B, D)`` (float32), aligned faces and matrices."""
+        aligned, matrix = self.transformer(images)
+        x = aligned.contiguous(memory_format=torch.channels_last) if self.channels_last else aligned
+        return self._backbone_forward(x).float(), aligned, matrix
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embed(images)[0]
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The paper's test feature: normalised embedding of the image plus that of its mirror image,
+        re-normalised. ``(B, 3, H, W)`` -> ``(B, D)``."""
+        both = self.forward(torch.cat([images, images.flip(-1)]))
+        first, mirrored = both.chunk(2)
+        return F.normalize(F.normalize(first) + F.normalize(mirrored))
+
+    def margin_factor(self) -> float:
+        return 0.0 if self.global_step < self.margin_warmup_steps else 1.0
+
+    # -------------------------------------------------------------------------------------- training
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch[0], batch[1]
+        embeddings, aligned, matrix = self.embed(images)
+        logits = self.head(embeddings, labels, margin_factor=self.margin_factor())
+        loss = F.cross_entropy(logits, labels)
+        with torch.no_grad():
+            accuracy = (logits.argmax(1) == labels).float().mean()
+        batch_size = images.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/acc", accuracy, prog_bar=True, batch_size=batch_size)
+        self.log("train/margin_factor", self.margin_factor(), batch_size=batch_size)
+        self._log_throughput(batch_size)
+        if self.transformer.localization is not None and self._should_log():
+            self._log_transform(matrix.detach(), aligned.detach(), batch_size)
+        return loss
+
+    def _should_log(self) -> bool:
+        trainer = self._trainer
+        every = trainer.log_every_n_steps if trainer is not None else 50
+        return (self.global_step % max(1, every)) == 0
+
+    def _log_throughput(self, batch_size: int) -> None:
+        now = time.perf_counter()
+        if self._last_step_time is not None:
+            world = self.trainer.world_size if self._trainer is not None else 1
+            self.log("train/images_per_second", batch_size * world / max(now - self._last_step_time, 1e-9),
+                     batch_size=batch_size)
+        self._last_step_time = now
+
+    def _log_transform(self, matrix: torch.Tensor, aligned: torch.Tensor, batch_size: int) -> None:
+        stats = {name: value.float().mean() for name, value in decompose(matrix.float()).items()}
+        stats["rotation"] = stats["rotation"] * (180.0 / torch.pi)
+        stats["shear"] = decompose(matrix.float())["shear"].abs().mean()
+        stats["output_std"] = aligned.float().std()
+        self.log_dict({f"transform/{k}": v for k, v in stats.items()}, batch_size=batch_size)
+
+    def on_train_epoch_start(self) -> None:
+        self._last_step_time = None
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        finite = all(torch.isfinite(p.grad).all() for p in params)
+        if not finite:
+            # Under DDP the gradients are already averaged, so every rank sees the same verdict.
+            for p in params:
+                p.grad = None
+            self.skipped_steps += 1
+        elif self.transformer.localization is not None and self.localization_grad_clip:
+            norm = torch.nn.utils.clip_grad_norm_(self.transformer.localization.parameters(),
+                                                  self.localization_grad_clip)
+            self.log("train/localization_grad_norm", norm, batch_size=1)
+        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=1)
+
+    def configure_optimizers(self):
+        localization = set(self.transformer.parameters())
+        rest = [p for p in self.parameters() if p not in localization and p.requires_grad]
+        groups = [{"params": rest, "name": "main"}]
+        if localization:
+            base_lr = self.optimizer_factory.keywords.get("lr", 0.01) if hasattr(
+                self.optimizer_factory, "keywords") else 0.01
+            groups.append({"params": list(localization), "name": "localization",
+                           "lr": base_lr * self.localization_lr_mult})
+        optimizer = self.optimizer_factory(params=groups)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------ evaluation
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        images, indices = batch[0], batch[1]
+        return {"features": self.features(images).float(), "indices": indices}
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        return self.validation_step(batch, batch_idx, dataloader_idx)

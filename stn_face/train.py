@@ -1,0 +1,106 @@
+"""``stn-face-train``: compose the configs, build everything with Hydra, fit, write metrics.json.
+
+Examples::
+
+    stn-face-train experiment=smoke
+    stn-face-train transform=affine localization=conv2_fc2 trainer.max_steps=2000
+    stn-face-train -m experiment=smoke transform=identity,similarity,affine,projective
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import hydra  # noqa: E402
+import lightning as L  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from stn_face.config import CONF_DIR  # noqa: E402
+from stn_face.errors import friendly_errors  # noqa: E402
+
+log = logging.getLogger("stn_face.train")
+
+
+def eval_set_configs(cfg: DictConfig) -> list[DictConfig]:
+    """The primary ``eval`` set first, then any ``extra_eval.<name>`` sets (e.g. YTF in the paper setting)."""
+    sets = [cfg.eval] if cfg.get("eval") else []
+    sets += list((cfg.get("extra_eval") or {}).values())
+    return sets
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Build datamodule, model, callbacks, loggers and trainer from ``cfg``; fit; return the metrics."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    eval_sets = [hydra.utils.instantiate(c) for c in eval_set_configs(cfg)]
+    datamodule = hydra.utils.instantiate(cfg.data, eval_sets=eval_sets)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        datamodule.prepare_data()
+    datamodule.setup("fit")
+    model = hydra.utils.instantiate(cfg.model, num_classes=datamodule.num_classes)
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    from stn_face.loggers import log_hyperparameters
+
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    log_hyperparameters(trainer, cfg)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), cfg))
+    metrics = collect_metrics(trainer, callbacks, model)
+    if trainer.is_global_zero:
+        out = Path(cfg.paths.output_dir)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        log.info("metrics written to %s", out / "metrics.json")
+    from stn_face.loggers import finish_loggers
+
+    finish_loggers(trainer)
+    return metrics
+
+
+def resolve_ckpt_path(value: str | None, cfg: DictConfig) -> str | None:
+    """``ckpt_path=last`` resumes from ``<output_dir>/checkpoints/last.ckpt`` when it exists."""
+    if value in (None, "", "null"):
+        return None
+    if value == "last":
+        path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        return str(path) if path.exists() else None
+    if not Path(value).is_file():
+        raise FileNotFoundError(f"ckpt_path={value} does not exist; give a checkpoint file or `last`")
+    return value
+
+
+def collect_metrics(trainer: L.Trainer, callbacks: list, model) -> dict[str, Any]:
+    """``metrics.json``: the primary set's latest verification metrics at the top level (the keys
+    ``stn-face-eval`` writes), every set under ``sets``, the best per set under ``best``, and the
+    final logged training values under ``train``."""
+    from stn_face.evaluation.callbacks import VerificationCallback
+
+    verification = next((c for c in callbacks if isinstance(c, VerificationCallback)), None)
+    result: dict[str, Any] = {}
+    if verification is not None and verification.latest:
+        primary = next(iter(verification.latest))
+        result.update(verification.latest[primary])
+        result["eval"] = primary
+        result["sets"] = verification.latest
+        result["best"] = verification.best
+    result["train"] = {k: float(v) for k, v in trainer.callback_metrics.items()
+                       if k.startswith(("train/", "transform/")) and v.numel() == 1}
+    result["global_step"] = trainer.global_step
+    result["skipped_steps"] = getattr(model, "skipped_steps", 0)
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    with friendly_errors():
+        metrics = train(cfg)
+    return metrics.get("accuracy_mean")
+
+
+if __name__ == "__main__":
+    main()
