@@ -14,9 +14,10 @@ INPUT_ERRORS: tuple[type[BaseException], ...] = (DataNotFoundError, FileNotFound
 
 def input_error_types() -> tuple[type[BaseException], ...]:
     from stn_face.data.datasets import EmptyDatasetError
+    from stn_face.data.prepare import PrepareError
     from stn_face.data.protocols import MissingImagesError, ProtocolFormatError
 
-    extra: list[type[BaseException]] = [EmptyDatasetError, MissingImagesError, ProtocolFormatError]
+    extra: list[type[BaseException]] = [EmptyDatasetError, MissingImagesError, ProtocolFormatError, PrepareError]
     try:
         from omegaconf.errors import OmegaConfBaseException
 

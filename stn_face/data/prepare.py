@@ -6,7 +6,8 @@ the output root
 
 - ``manifest.csv``: one row per input file: ``source`` (path relative to the input root, ``/``
   separated), ``identity``, ``output`` (crop path relative to the output root, empty when there is no
-  crop), ``box`` (``x1 y1 x2 y2`` of the chosen detection in source pixels), ``landmarks`` (10 numbers:
+  crop), ``box`` (``x1 y1 x2 y2`` of the chosen detection in the source file's pixels, also for photos
+  downscaled for being larger than ``max_pixels``), ``landmarks`` (10 numbers:
   x y of left eye, right eye, nose, left and right mouth corner), ``score`` and ``status``:
   ``detected``, ``fallback_center`` (no face found: centre crop), ``failed: <reason>`` (unreadable
   file) or ``skipped: <reason>`` (left out by the identity filters or the extension list);
@@ -38,12 +39,18 @@ Decisions:
 - Resuming: rows already in the manifest are not redone (``failed`` ones neither, unless
   ``retry_failed``); a usable row whose crop file vanished is redone. Rows are appended and flushed
   as they complete; the final manifest is rewritten sorted and de-duplicated through a temporary
-  file and ``os.replace``.
+  file and ``os.replace``. An advisory lock (``.prepare.lock``) keeps two runs out of one folder.
+- Workers are spawned processes (``workers``; 1 = in this process), each building its detector once;
+  a worker that dies (a crashing decoder) costs only its file, which is recorded as ``failed``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
+import importlib.util
+import inspect
 import json
 import logging
 import math
@@ -53,12 +60,13 @@ import sys
 import time
 import warnings
 from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -95,7 +103,7 @@ class CropSettings:
     size: int = 128
     margin: float = 1.3
     border: str = "constant"
-    fallback_fraction: float = 0.7
+    fallback_fraction: float = 0.6
     fallback_size: int | None = None
     face_selection: str = "largest"
     jpeg_quality: int = 95
@@ -130,9 +138,9 @@ def square_crop(image: np.ndarray, center: tuple[float, float], side: float, siz
     """The square of ``side`` pixels centred on ``center`` (x, y), padded where it leaves the image,
     resized to ``size`` x ``size`` (area averaging when shrinking)."""
     height, width = image.shape[:2]
-    s = max(1, int(round(side)))
-    x0 = int(round(center[0] - s / 2.0))
-    y0 = int(round(center[1] - s / 2.0))
+    s = max(1, round(side))
+    x0 = round(center[0] - s / 2.0)
+    y0 = round(center[1] - s / 2.0)
     x1, y1 = x0 + s, y0 + s
     inner = image[max(y0, 0):min(y1, height), max(x0, 0):min(x1, width)]
     if inner.size == 0:
@@ -144,11 +152,30 @@ def square_crop(image: np.ndarray, center: tuple[float, float], side: float, siz
     return cv2.resize(inner, (size, size), interpolation=interpolation)
 
 
+@functools.lru_cache(maxsize=1)
+def insightface_norm_crop() -> Callable[..., np.ndarray]:
+    """``insightface.utils.face_align.norm_crop``, loaded without running ``insightface/__init__``.
+
+    That package initialiser imports its model zoo and, through albumentations, torch: over ten
+    seconds and hundreds of MB in every worker process, for a module that only needs cv2, numpy and
+    scikit-image. Loaded from its file instead (or taken from ``sys.modules`` if already imported).
+    """
+    module = sys.modules.get("insightface.utils.face_align")
+    if module is None:
+        spec = importlib.util.find_spec("insightface")
+        if spec is None or not spec.submodule_search_locations:
+            raise PrepareError("mode=landmarks needs insightface: pip install insightface")
+        path = Path(next(iter(spec.submodule_search_locations))) / "utils" / "face_align.py"
+        file_spec = importlib.util.spec_from_file_location("_stn_face_insightface_face_align", path)
+        module = importlib.util.module_from_spec(file_spec)
+        file_spec.loader.exec_module(module)
+    return module.norm_crop
+
+
 def face_crop(image: np.ndarray, face: Detection, settings: CropSettings) -> np.ndarray:
     """The crop of one detected face according to ``settings.mode``."""
     if settings.mode == "landmarks":
-        from insightface.utils.face_align import norm_crop
-
+        norm_crop = insightface_norm_crop()
         with warnings.catch_warnings():  # scikit-image >= 0.26 deprecates the estimate() insightface calls
             warnings.simplefilter("ignore", FutureWarning)
             return norm_crop(image, np.asarray(face.landmarks, dtype=np.float32), image_size=settings.size)
@@ -347,8 +374,8 @@ def _plan(input_dir: Path, files: Sequence[str | os.PathLike] | None, extensions
     for identity, members in per_identity.items():
         if len(members) < min_images:
             for source in members:
-                plan.skipped[source] = (identity, f"skipped: identity has {len(members)} < "
-                                                  f"min_images_per_identity={min_images} images")
+                reason = f"skipped: identity has {len(members)} < min_images_per_identity={min_images} images"
+                plan.skipped[source] = (identity, reason)
             continue
         keep = members[:max_images] if max_images else members
         for source in members[len(keep):]:
@@ -395,6 +422,19 @@ def _save_jpeg(image_rgb: np.ndarray, path: Path, quality: int) -> None:
     os.replace(tmp, path)
 
 
+def _in_source_pixels(face: Detection, path: str, shape: tuple[int, ...], max_pixels: int | None) -> Detection:
+    """Map a detection on a photo that :func:`read_rgb` downscaled back to the file's own pixels."""
+    if not max_pixels or shape[0] * shape[1] * 2 < max_pixels:
+        return face  # could not have been downscaled
+    from PIL import Image
+
+    with Image.open(path) as original:  # reads the header only
+        factor = math.sqrt(original.size[0] * original.size[1] / (shape[0] * shape[1]))
+    if factor < 1.0001:
+        return face
+    return Detection(tuple(v * factor for v in face.box), face.score, face.landmarks * factor)
+
+
 def _process(task: _Task) -> dict[str, str]:
     """Read, detect, crop and save one photo; never raises (problems become ``failed`` rows)."""
     settings: CropSettings = _WORKER["settings"]
@@ -410,6 +450,8 @@ def _process(task: _Task) -> dict[str, str]:
         else:
             crop, status = center_crop(image, settings), FALLBACK
         _save_jpeg(crop, Path(task.output_root) / task.output, settings.jpeg_quality)
+        if face is not None:
+            face = _in_source_pixels(face, task.path, image.shape, settings.max_pixels)
         return _row(task.source, task.identity, status, task.output, face)
     except Exception as err:  # noqa: BLE001 - one bad photo must not stop a long run
         message = " ".join(str(err).split())[:200]
@@ -501,12 +543,12 @@ class PrepareSummary:
 
     def format(self) -> str:
         lines = [
-            f"prepared {self.total} files of {self.input_dir} into {self.output_dir} "
-            f"(mode={self.mode}, size={self.size})",
-            f"  detected {self.detected}, fallback_center {self.fallback_center}, failed {self.failed}, "
-            f"skipped {self.skipped}",
-            f"  this run: {self.processed} processed, {self.resumed} already done; "
-            f"{self.wall_seconds:.1f} s, {self.images_per_second:.1f} images/s on {self.workers} worker(s)",
+            (f"prepared {self.total} files of {self.input_dir} into {self.output_dir} "
+             f"(mode={self.mode}, size={self.size})"),
+            (f"  detected {self.detected}, fallback_center {self.fallback_center}, failed {self.failed}, "
+             f"skipped {self.skipped}"),
+            (f"  this run: {self.processed} processed, {self.resumed} already done; "
+             f"{self.wall_seconds:.1f} s, {self.images_per_second:.1f} images/s on {self.workers} worker(s)"),
         ]
         for reason, count in sorted(self.failure_reasons.items(), key=lambda kv: -kv[1])[:10]:
             lines.append(f"  {count} x {reason}")
@@ -537,14 +579,17 @@ def _check_paths(input_dir: Path, output_dir: Path, files: Sequence[Any] | None)
                            f"{input_dir}/<identity>/<image>.jpg")
 
 
-def _check_settings(output_dir: Path, recorded: dict[str, Any]) -> None:
+def _check_settings(output_dir: Path, recorded: dict[str, Any], has_crops: bool) -> None:
+    """Refuse to add crops made with other settings to a folder that already holds crops."""
     path = output_dir / SETTINGS_NAME
-    if path.is_file():
+    if path.is_file() and has_crops:
         try:
             previous = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             previous = None
         if isinstance(previous, dict):
+            if isinstance(previous.get("detector"), dict) and "factory" not in previous["detector"]:
+                previous["detector"] = _detector_record(previous["detector"])  # complete older records
             diff = {k: (previous.get(k), v) for k, v in recorded.items() if previous.get(k) != v}
             if diff:
                 changes = ", ".join(f"{k}={old!r} (now {new!r})" for k, (old, new) in diff.items())
@@ -554,8 +599,14 @@ def _check_settings(output_dir: Path, recorded: dict[str, Any]) -> None:
 
 
 def _detector_record(spec: Any) -> Any:
-    if spec is None or isinstance(spec, Mapping):
-        return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in dict(spec or {}).items()}
+    """A JSON description of the detector settings; MTCNN keyword arguments are completed with their
+    defaults, so ``detector=None`` and the config's explicit defaults record the same thing."""
+    if spec is None or (isinstance(spec, Mapping) and "_target_" not in spec):
+        defaults = {name: p.default for name, p in inspect.signature(MTCNNDetector).parameters.items()}
+        merged = {**defaults, **dict(spec or {})}
+        return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in sorted(merged.items())}
+    if isinstance(spec, Mapping):
+        return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in dict(spec).items()}
     if isinstance(spec, partial):
         return {"factory": getattr(spec.func, "__qualname__", repr(spec.func)), **spec.keywords}
     return {"factory": getattr(spec, "__qualname__", repr(spec))}
@@ -569,7 +620,7 @@ def prepare_collection(
     size: int = 128,
     margin: float = 1.3,
     border: str = "constant",
-    fallback_fraction: float = 0.7,
+    fallback_fraction: float = 0.6,
     fallback_size: int | None = None,
     face_selection: str = "largest",
     workers: int = 2,
@@ -610,15 +661,42 @@ def prepare_collection(
                  None if max_images_per_identity is None else int(max_images_per_identity), excluded)
 
     output_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(output_dir):
+        return _prepare_locked(input_dir, output_dir, settings, plan, detector, workers, retry_failed,
+                               progress, started)
+
+
+@contextlib.contextmanager
+def _exclusive(output_dir: Path):
+    """One preparation at a time per output folder (an advisory lock; a no-op without fcntl)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(output_dir / ".prepare.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise PrepareError(f"another preparation is writing to {output_dir}; wait for it to finish "
+                               "or choose another output folder") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _prepare_locked(input_dir: Path, output_dir: Path, settings: CropSettings, plan: _Plan, detector: Any,
+                    workers: int, retry_failed: bool, progress: bool, started: float) -> PrepareSummary:
+    rows = {row["source"]: row for row in read_manifest(output_dir)}
     recorded = {k: v for k, v in asdict(settings).items() if k not in ("max_pixels", "downscale_large")}
     recorded["detector"] = _detector_record(detector)
-    _check_settings(output_dir, recorded)
+    _check_settings(output_dir, recorded, any(r["status"] in USABLE_STATUSES for r in rows.values()))
 
-    rows = {row["source"]: row for row in read_manifest(output_dir)}
     selection: list[str] = []
     for source, (identity, reason) in plan.skipped.items():
         old = rows.get(source)
-        if old and old["output"] and old["output"] != output_name(source) or old and old["output"]:
+        if old and old["output"]:
             (output_dir / old["output"]).unlink(missing_ok=True)  # filters win over earlier crops
         rows[source] = _row(source, identity, reason)
         selection.append(source)
@@ -695,7 +773,7 @@ def prepare_collection(
     summary.manifest_rows = len(rows)
     _write_json_atomic(output_dir / SUMMARY_NAME, summary.to_dict())
     if progress:
-        print(summary.format(), file=sys.stderr if not sys.stdout else sys.stdout, flush=True)
+        print(summary.format(), flush=True)
     return summary
 
 
@@ -704,13 +782,20 @@ def _reason_kind(status: str) -> str:
     return status.split(" (", 1)[0]
 
 
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 __all__ = [
-    "CropSettings", "PrepareError", "PrepareSummary", "MANIFEST_COLUMNS", "MANIFEST_NAME", "SUMMARY_NAME",
-    "center_crop", "crop_path_map", "face_crop", "output_name", "parse_numbers", "prepare_collection",
-    "read_identity_list", "read_manifest", "square_crop",
+    "MANIFEST_COLUMNS",
+    "MANIFEST_NAME",
+    "SUMMARY_NAME",
+    "CropSettings",
+    "PrepareError",
+    "PrepareSummary",
+    "center_crop",
+    "crop_path_map",
+    "face_crop",
+    "output_name",
+    "parse_numbers",
+    "prepare_collection",
+    "read_identity_list",
+    "read_manifest",
+    "square_crop",
 ]
-_ = math  # kept for callers computing crop geometry alongside

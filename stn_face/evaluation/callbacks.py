@@ -9,7 +9,6 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 
 from stn_face.evaluation.collect import FeatureCollector
 from stn_face.evaluation.verification import evaluate_verification, l2_normalize, roc_curve, save_roc_npz
@@ -37,6 +36,8 @@ def set_metrics(eval_set, features: np.ndarray) -> tuple[dict[str, Any], tuple[n
     scores = np.round(scores, 6)
     metrics = evaluate_verification(scores, labels, folds)
     metrics["skipped_pairs"] = int(getattr(eval_set, "skipped_pairs", 0))
+    if labels.all() or not labels.any():  # one class only (e.g. a partial YTF): no ROC exists
+        return metrics, (np.zeros(0), np.zeros(0))
     fpr, tpr, _ = roc_curve(scores, labels)
     return metrics, (fpr, tpr)
 
@@ -111,9 +112,11 @@ class VerificationCallback(L.Callback):
             if best is None or metrics["accuracy_mean"] >= best["accuracy_mean"]:
                 self.best[eval_set.name] = metrics
             name = eval_set.name
-            values = {f"{stage}/{name}_{short}": float(metrics[key]) for key, short in SHORT_KEYS.items()}
+            values = {f"{stage}/{name}_{short}": float(metrics[key]) for key, short in SHORT_KEYS.items()
+                      if metrics.get(key) is not None}
             for far, tar in metrics["tar_at_far"].items():
-                values[f"{stage}/{name}_tar@far={far}"] = float(tar)
+                if tar is not None:
+                    values[f"{stage}/{name}_tar@far={far}"] = float(tar)
             values[f"{stage}/{name}_acc_best"] = float(self.best[name]["accuracy_mean"])
             pl_module.log_dict(values, sync_dist=False, batch_size=1, add_dataloader_idx=False)
             if trainer.is_global_zero:
@@ -124,7 +127,7 @@ class VerificationCallback(L.Callback):
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{stage}_{name}_metrics.json").write_text(json.dumps(metrics, indent=2))
         save_roc_npz(out / f"roc_{name}.npz", fpr, tpr)
-        if not self.plot:
+        if not self.plot or fpr.size == 0:
             return
         from stn_face.evaluation.plots import load_published_rocs, plot_roc
         from stn_face.loggers import log_image_file
@@ -132,7 +135,7 @@ class VerificationCallback(L.Callback):
         published = None
         if self.published_roc_dir and Path(self.published_roc_dir).is_dir() and name.startswith("lfw"):
             published = load_published_rocs(self.published_roc_dir)
-        label = f"{name} (acc {100 * metrics['accuracy_mean']:.2f}%, AUC {metrics['auc']:.3f})"
+        label = f"{name} (acc {100 * metrics['accuracy_mean']:.2f}%, AUC {metrics['auc'] or float('nan'):.3f})"
         png = plot_roc({label: (fpr, tpr)}, out / f"roc_{name}.png", log_fpr=self.log_fpr, published=published,
                        title=f"{name} ROC, step {trainer.global_step}")
         log_image_file(trainer, f"{stage}/roc_{name}", png)

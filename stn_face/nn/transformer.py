@@ -56,7 +56,4 @@ class SpatialTransformer(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         matrix = self.predict_matrix(images)
-        # The sampler runs in float32 even under bf16 autocast: coordinates need the precision.
-        with torch.autocast(device_type=images.device.type, enabled=False):
-            aligned = warp(images.float(), matrix.float(), self.output_size)
-        return aligned, matrix
+        return warp(images, matrix, self.output_size), matrix

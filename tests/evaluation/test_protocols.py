@@ -176,4 +176,4 @@ def test_missing_images_one_clear_error(tmp_path: Path) -> None:
     assert check_images_exist(pairs[:1], tmp_path) == ["A/A_0001.jpg", "A/A_0002.jpg"]
     assert filter_available(pairs, tmp_path) == pairs[:1]
     with pytest.raises(ValueError, match="kind"):
-        missing_images(pairs, tmp_path, "video")
+        missing_images(pairs, tmp_path, "movie")

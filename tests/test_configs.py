@@ -1,0 +1,87 @@
+"""Every option of every config group composes and instantiates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+
+from stn_face.config import CONF_DIR
+from stn_face.train import eval_set_configs
+
+GROUPS = ["transform", "localization", "backbone", "head", "optimizer", "scheduler", "model", "data", "eval",
+          "trainer", "logger", "callbacks", "paths", "experiment"]
+BUILDABLE = {"transform", "localization", "head", "optimizer", "eval", "logger", "callbacks"}
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+def compose_train(overrides: list[str], output_dir: Path | None = None):
+    """Compose ``train.yaml`` as the CLI would, with ``${hydra:runtime.output_dir}`` set to ``output_dir``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+            cfg.hydra.job.num = 0
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg
+
+
+def test_groups_have_the_documented_options():
+    assert options("transform") == ["affine", "identity", "projective", "similarity"]
+    assert options("localization") == ["conv1_fc1", "conv2_fc1", "conv2_fc2", "conv3_fc1", "conv3_fc2"]
+    assert {"paper_resnet", "iresnet50", "small"} <= set(options("backbone"))
+    assert {"arcface", "cosface", "sphereface", "softmax"} <= set(options("head"))
+    assert {"cpu", "gpu", "ddp", "ddp_cpu"} <= set(options("trainer"))
+    assert {"wandb", "csv", "tensorboard"} <= set(options("logger"))
+    assert {"casia_webface", "celeba_subset", "lfw_view1", "folder"} <= set(options("data"))
+    assert {"lfw", "lfw_view1", "ytf"} <= set(options("eval"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes(group, option, tmp_path, monkeypatch):
+    monkeypatch.setenv("STN_FACE_DATA", str(tmp_path))
+    monkeypatch.setenv("CASIA_WEBFACE", str(tmp_path / "casia"))
+    cfg = compose_train([f"{group}={option}"], tmp_path)
+    # every value resolves (no missing key, no broken interpolation) once the run dir is known
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=group != "data" or option != "folder")
+    assert container["transform"]["_target_"].endswith("SpatialTransformer")
+    if group in BUILDABLE:
+        node = cfg[group]
+        built = [instantiate(c) for c in node.values()] if group in ("logger", "callbacks") and node else (
+            instantiate(node) if node else None)
+        assert built is not None or group == "logger"
+
+
+def test_model_instantiates_for_every_transform_and_backbone(monkeypatch, tmp_path):
+    monkeypatch.setenv("STN_FACE_DATA", str(tmp_path))
+    for transform in options("transform"):
+        cfg = compose_train([f"transform={transform}", "backbone=tiny"], tmp_path)
+        model = instantiate(cfg.model, num_classes=7)
+        assert model.head.num_classes == 7
+        assert (model.transformer.localization is None) == (transform == "identity")
+
+
+def test_eval_sets_include_extra(monkeypatch, tmp_path):
+    monkeypatch.setenv("STN_FACE_DATA", str(tmp_path))
+    cfg = compose_train(["+eval@extra_eval.ytf=ytf"], tmp_path)
+    assert [c.name for c in eval_set_configs(cfg)] == ["lfw_view1", "ytf"]
+
+
+def test_unknown_option_lists_valid_ones():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_train(["transform=perspective"])
+    message = str(error.value)
+    assert "perspective" in message and "projective" in message and "similarity" in message
