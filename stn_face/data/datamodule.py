@@ -21,7 +21,7 @@ class FaceDataModule(L.LightningDataModule):
 
     When ``raw_root`` is given, :meth:`prepare_data` first runs the MTCNN preparation from
     ``raw_root`` into ``root`` (cached and resumable; ``crop`` holds its settings, ``people_file``
-    restricts it to the identities an LFW people list names). ``root`` may also be a folder the user
+    restricts it to the identities an LFW people list names, ``identities`` to an explicit list). ``root`` may also be a folder the user
     prepared beforehand with ``stn-face-prepare``. Labels are indices into ``class_names`` (saved in
     checkpoints).
     """
@@ -32,6 +32,7 @@ class FaceDataModule(L.LightningDataModule):
         raw_root: str | None = None,
         crop: dict[str, Any] | None = None,
         people_file: str | None = None,
+        identities: Sequence[str] | None = None,
         min_images_per_identity: int = 1,
         max_identities: int | None = None,
         max_images_per_identity: int | None = None,
@@ -51,6 +52,7 @@ class FaceDataModule(L.LightningDataModule):
         self.raw_root = Path(raw_root) if raw_root else None
         self.crop = dict(crop or {})
         self.people_file = people_file
+        self.identities = list(identities) if identities else None
         self.min_images_per_identity = min_images_per_identity
         self.max_identities = max_identities
         self.max_images_per_identity = max_images_per_identity
@@ -68,6 +70,8 @@ class FaceDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------------ preparing
     def _identities(self) -> list[str] | None:
+        if self.identities is not None:
+            return self.identities[: self.max_identities] if self.max_identities else self.identities
         if not self.people_file:
             return None
         from stn_face.data.protocols import read_people

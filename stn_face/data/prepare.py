@@ -666,6 +666,9 @@ def prepare_collection(
                                progress, started)
 
 
+LOCK_TIMEOUT_S = 6 * 3600
+
+
 @contextlib.contextmanager
 def _exclusive(output_dir: Path):
     """One preparation at a time per output folder (an advisory lock; a no-op without fcntl)."""
@@ -678,8 +681,20 @@ def _exclusive(output_dir: Path):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise PrepareError(f"another preparation is writing to {output_dir}; wait for it to finish "
-                               "or choose another output folder") from None
+            # Another run (a second job of a sweep, a test) prepares the same folder: wait for it,
+            # then this run resumes from its manifest and finds the work done.
+            print(f"waiting for another preparation writing to {output_dir} ...", file=sys.stderr, flush=True)
+            deadline = time.monotonic() + LOCK_TIMEOUT_S
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise PrepareError(
+                            f"another preparation has been writing to {output_dir} for over {LOCK_TIMEOUT_S} s; "
+                            "wait for it to finish or choose another output folder") from None
+                    time.sleep(1.0)
         try:
             yield
         finally:
