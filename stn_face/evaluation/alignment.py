@@ -159,7 +159,7 @@ class TransformCollapseMonitor(L.Callback):
         self.min_output_std = float(min_output_std)
         self.warnings = 0
         self.collapsed = False
-        self._seen_step: int | None = None
+        self._seen: int | None = None
 
     def check(self, scale: float | None, output_std: float | None, step: int) -> bool:
         """Update the state from one observation; returns True when a new event starts."""
@@ -188,9 +188,9 @@ class TransformCollapseMonitor(L.Callback):
         scale = float(metrics["transform/scale"])
         output_std = float(metrics["transform/output_std"]) if "transform/output_std" in metrics else None
         key = (scale, output_std)
-        if key == self._seen_step:  # the module logs these every log_every_n_steps only
+        if key == self._seen:  # the module logs these every log_every_n_steps only
             return
-        self._seen_step = key
+        self._seen = key
         self.check(scale, output_std, step)
         pl_module.log("transform/collapse_warnings", float(self.warnings), batch_size=1)
 

@@ -216,14 +216,19 @@ def test_settings_that_shape_crops_cannot_change_in_one_folder(mixed_input, prep
         prepare_collection(root, out, workers=1, progress=False, detector={"min_face_size": 40})
 
 
-def test_one_preparation_at_a_time_per_folder(mixed_input, prepared):
+def test_one_preparation_at_a_time_per_folder(mixed_input, prepared, monkeypatch, capsys):
+    """A second run waits for the first (here: at most 1 s) and then fails with a clear message."""
+    import stn_face.data.prepare as prepare_module
+
     fcntl = pytest.importorskip("fcntl")
     root, _ = mixed_input
     out, _ = prepared
+    monkeypatch.setattr(prepare_module, "LOCK_TIMEOUT_S", 1.0)
     with open(out / ".prepare.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(PrepareError, match="another preparation"):
             prepare_collection(root, out, workers=1, progress=False)
+    assert "waiting for another preparation" in capsys.readouterr().err
 
 
 def test_identity_filters(lfw_dir, tmp_path):
