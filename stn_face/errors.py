@@ -8,16 +8,29 @@ import sys
 
 from stn_face.paths import DataNotFoundError
 
+
+class InputError(Exception):
+    """Something the user passed (an option, a file, a folder) cannot be used; the message says why and
+    what to do."""
+
+
+class CheckpointError(InputError):
+    """A checkpoint that cannot be used: not a checkpoint, or its weights do not fit its architecture."""
+
+
 # Exceptions that mean "the user gave us something wrong" (paths, configs, data) rather than a bug.
-INPUT_ERRORS: tuple[type[BaseException], ...] = (DataNotFoundError, FileNotFoundError, NotADirectoryError)
+INPUT_ERRORS: tuple[type[BaseException], ...] = (DataNotFoundError, FileNotFoundError, NotADirectoryError,
+                                                 InputError)
 
 
 def input_error_types() -> tuple[type[BaseException], ...]:
     from stn_face.data.datasets import EmptyDatasetError
+    from stn_face.data.images import ImageReadError
     from stn_face.data.prepare import PrepareError
     from stn_face.data.protocols import MissingImagesError, ProtocolFormatError
 
-    extra: list[type[BaseException]] = [EmptyDatasetError, MissingImagesError, ProtocolFormatError, PrepareError]
+    extra: list[type[BaseException]] = [EmptyDatasetError, MissingImagesError, ProtocolFormatError, PrepareError,
+                                        ImageReadError]
     try:
         from omegaconf.errors import OmegaConfBaseException
 

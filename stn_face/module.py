@@ -24,7 +24,14 @@ class StnFaceModule(L.LightningModule):
     counted (``train/skipped_steps``).
 
     ``validation_step`` returns flip-summed features for the verification callback.
+
+    ``model_config`` (set by ``stn-face-train``) holds the resolved configs of the network parts
+    (``transform`` with its localization net, ``localization``, ``backbone``, ``head``) and the data's
+    ``image_size`` and ``crop``; it is saved in every checkpoint under ``"model_config"`` so a checkpoint
+    rebuilds without Hydra's run folder (:class:`stn_face.embedder.FaceEmbedder`).
     """
+
+    model_config: dict[str, Any] | None = None
 
     def __init__(
         self,
@@ -151,6 +158,15 @@ class StnFaceModule(L.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.model_config is not None:
+            checkpoint["model_config"] = self.model_config
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.model_config is None and checkpoint.get("model_config") is not None:
+            self.model_config = checkpoint["model_config"]
 
     # ------------------------------------------------------------------------------------ evaluation
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:

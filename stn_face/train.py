@@ -45,6 +45,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         datamodule.prepare_data()
     datamodule.setup("fit")
     model = hydra.utils.instantiate(cfg.model, num_classes=datamodule.num_classes)
+    model.model_config = model_config(cfg)  # saved in checkpoints: they rebuild without the run dir
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     from stn_face.loggers import log_hyperparameters
@@ -61,6 +62,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     finish_loggers(trainer)
     return metrics
+
+
+def model_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved configs that rebuild the network (no Hydra run dir needed), stored in checkpoints
+    by :meth:`StnFaceModule.on_save_checkpoint` and read by :class:`stn_face.embedder.FaceEmbedder`."""
+    result: dict[str, Any] = {"format": 1}
+    for key in ("transform", "localization", "backbone", "head"):
+        if cfg.get(key) is not None:
+            result[key] = OmegaConf.to_container(cfg[key], resolve=True)
+    data = cfg.get("data")
+    if data is not None:
+        result["image_size"] = data.get("image_size")
+        crop = data.get("crop")
+        result["crop"] = OmegaConf.to_container(crop, resolve=True) if crop is not None else None
+    return result
 
 
 def resolve_ckpt_path(value: str | None, cfg: DictConfig) -> str | None:

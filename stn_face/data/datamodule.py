@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from stn_face.data.datasets import FaceImageDataset, scan_identity_folders
 from stn_face.data.eval_sets import VerificationSet
+from stn_face.data.sampling import ResumableShuffleSampler
 from stn_face.data.transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,9 @@ class FaceDataModule(L.LightningDataModule):
         augment: dict[str, Any] | None = None,
         eval_sets: Sequence[VerificationSet] = (),
         pin_memory: bool = False,
+        seed: int = 0,
         name: str = "faces",
+        eval_jitter: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -64,6 +67,9 @@ class FaceDataModule(L.LightningDataModule):
         self.augment = dict(augment or {})
         self.eval_sets = list(eval_sets)
         self.pin_memory = pin_memory
+        # deterministic per-image geometric jitter of the evaluation crops (stn_face.data.jitter)
+        self.eval_jitter = dict(eval_jitter) if eval_jitter else None
+        self.seed = seed
         self.class_names: list[str] = []
         self.train_set: FaceImageDataset | None = None
         self.eval_datasets: list[FaceImageDataset] = []
@@ -120,7 +126,13 @@ class FaceDataModule(L.LightningDataModule):
                 if not eval_set.pairs:
                     eval_set.load()
                 eval_set.resolve()
-                self.eval_datasets.append(FaceImageDataset(eval_set.items, None, transform))
+                if self.eval_jitter:
+                    from stn_face.data.jitter import JitteredFaceDataset
+
+                    self.eval_datasets.append(
+                        JitteredFaceDataset(eval_set.items, None, transform, self.eval_jitter))
+                else:
+                    self.eval_datasets.append(FaceImageDataset(eval_set.items, None, transform))
 
     @property
     def num_classes(self) -> int:
@@ -129,18 +141,37 @@ class FaceDataModule(L.LightningDataModule):
         return len(self.class_names)
 
     # ---------------------------------------------------------------------------------- dataloaders
-    def _loader(self, dataset, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+    def _ranks(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled batches whose order and augmentation depend only on ``seed``, epoch and position,
+        sharded across DDP ranks; a resumed run continues mid-epoch where the checkpoint was taken."""
+        assert self.train_set is not None, "call setup('fit') first"
+        rank, world_size = self._ranks()
+        trainer = getattr(self, "trainer", None)
+        step = trainer.global_step if trainer is not None else 0
+        sampler = ResumableShuffleSampler(len(self.train_set), self.batch_size, seed=self.seed, rank=rank,
+                                          world_size=world_size)
+        sampler.start_epoch, sampler.start_batch = divmod(step, sampler.batches_per_epoch)
+        sampler.epoch = sampler.start_epoch
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
 
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None, "call setup('fit') first"
-        drop_last = len(self.train_set) > self.batch_size
-        return self._loader(self.train_set, self.batch_size, shuffle=True, drop_last=drop_last)
-
     def val_dataloader(self) -> list[DataLoader]:
-        return [self._loader(d, self.eval_batch_size, shuffle=False, drop_last=False) for d in self.eval_datasets]
+        """One loader per verification set; under DDP each rank embeds an interleaved share (the
+        sampler pads with repeats, which the verification callback drops by index)."""
+        rank, world_size = self._ranks()
+        loaders = []
+        for dataset in self.eval_datasets:
+            sampler = (DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+                       if world_size > 1 else None)
+            loaders.append(DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, shuffle=False,
+                                      num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                      persistent_workers=self.num_workers > 0))
+        return loaders
 
     def test_dataloader(self) -> list[DataLoader]:
         return self.val_dataloader()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -10,7 +11,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from stn_face.data.images import read_rgb
+from stn_face.data.images import ImageReadError, read_rgb
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -64,7 +67,13 @@ def scan_identity_folders(
 
 
 class FaceImageDataset(Dataset):
-    """Images with labels: ``(image tensor (3, S, S), label)``; evaluation sets use the position as label."""
+    """Images with labels: ``(image tensor (3, S, S), label)``; evaluation sets use the position as label.
+
+    An item may be asked for as ``(index, seed)`` (see :class:`ResumableShuffleSampler`): the random
+    augmentation is then seeded by ``seed``, so it repeats exactly on a resumed run. An image that
+    cannot be read (corrupt, truncated, not an image) is replaced by the next readable one with a
+    warning, so one broken file never ends a long run.
+    """
 
     def __init__(self, paths: Sequence[Path], labels: Sequence[int] | None,
                  transform: Callable[..., dict]) -> None:
@@ -73,10 +82,23 @@ class FaceImageDataset(Dataset):
         if len(self.labels) != len(self.paths):
             raise ValueError("paths and labels differ in length")
         self.transform = transform
+        self._warned: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = read_rgb(self.paths[index])
-        return self.transform(image=np.ascontiguousarray(image))["image"], self.labels[index]
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        for attempt in range(len(self.paths)):
+            current = (index + attempt) % len(self.paths)
+            try:
+                image = read_rgb(self.paths[current])
+            except ImageReadError as error:
+                if current not in self._warned:
+                    self._warned.add(current)
+                    log.warning("skipping unreadable image %s: %s", self.paths[current], error)
+                continue
+            if seed is not None and hasattr(self.transform, "set_random_seed"):
+                self.transform.set_random_seed(seed)
+            return self.transform(image=np.ascontiguousarray(image))["image"], self.labels[current]
+        raise ImageReadError(f"none of the {len(self.paths)} images can be read", self.paths[index])

@@ -1,0 +1,481 @@
+"""Use a trained model: :class:`FaceEmbedder` turns face crops into embeddings, aligned faces and scores.
+
+Example::
+
+    from stn_face import FaceEmbedder
+
+    embedder = FaceEmbedder.from_checkpoint("logs/train/runs/.../checkpoints/last.ckpt")
+    features = embedder.embed_files(["a.jpg", "b.jpg"])        # (2, D), L2-normalised, flip-summed
+    score = float(features[0] @ features[1])                   # cosine similarity
+    same = embedder.threshold is not None and score >= embedder.threshold
+
+Inputs are **face crops like the training crops** (``stn-face-prepare``'s MTCNN crop: a square of 1.3x
+the face box, any size; resized to the checkpoint's ``image_size``). :meth:`FaceEmbedder.crop`
+makes such a crop from a raw photo.
+
+A checkpoint rebuilds from its ``model_config`` (written by ``stn-face-train``); older checkpoints fall
+back to the Hydra run folder's ``.hydra/config.yaml`` beside ``checkpoints/``. Only the spatial
+transformer and the backbone are built; the margin head is not needed to embed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stn_face.errors import CheckpointError, InputError
+
+log = logging.getLogger(__name__)
+
+#: The crop used when a checkpoint does not record its own (the training default).
+DEFAULT_CROP = {"mode": "crop", "size": 128, "margin": 1.3}
+MEAN, STD = 0.5, 0.5  # stn_face.data.transforms: [0, 255] -> [-1, 1]
+
+ImagesLike = Any  # uint8 (H, W, 3) array | list of arrays or paths | float tensor (B, 3, H, W)
+
+
+class EmbeddingNet(nn.Module):
+    """Spatial transformer + backbone: normalised images ``(B, 3, S, S)`` -> raw embeddings ``(B, D)``
+    (not normalised, no flip). This is what ``stn-face-export`` writes."""
+
+    def __init__(self, transformer: nn.Module, backbone: nn.Module) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        aligned, _ = self.transformer(images)
+        return self.backbone(aligned).float()
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """``path`` itself, or for a run folder / ``checkpoints`` folder its ``last.ckpt``."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for candidate in (path / "last.ckpt", path / "checkpoints" / "last.ckpt"):
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(f"checkpoint folder {path} holds no last.ckpt; pass ckpt=PATH to a .ckpt file")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}; pass ckpt=PATH to a .ckpt file written by "
+                                "stn-face-train (<run>/checkpoints/last.ckpt)")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint file (tensors, numbers and strings only; older pickles with other objects are
+    read in full). Raises :class:`CheckpointError` for files that are not checkpoints."""
+    path = resolve_checkpoint_path(path)
+    try:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            if "weights_only" not in str(error):
+                raise
+            log.warning("%s holds objects besides tensors; loading it in full (only do this with files "
+                        "you trust)", path)
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - any decoding problem means: not a checkpoint
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({reason}); pass a .ckpt file written by "
+                              "stn-face-train") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"{path} is not a stn-face-train checkpoint (it has no `state_dict`); pass a "
+                              ".ckpt file from <run>/checkpoints/")
+    ckpt["_path"] = str(path)
+    return ckpt
+
+
+def checkpoint_model_config(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """The network configs of a checkpoint: its ``model_config``, else the run's ``.hydra/config.yaml``."""
+    config = ckpt.get("model_config")
+    if isinstance(config, dict) and config.get("transform") and config.get("backbone"):
+        return config
+    path = Path(path)
+    for hydra_file in (path.parent.parent / ".hydra" / "config.yaml", path.parent / ".hydra" / "config.yaml"):
+        if hydra_file.is_file():
+            return _config_from_hydra_file(hydra_file)
+    raise CheckpointError(
+        f"{path} does not say which network it holds: it has no `model_config` (checkpoints of "
+        "stn-face-train store one) and no .hydra/config.yaml was found in its run folder; it may come from "
+        "another program or architecture")
+
+
+def _config_from_hydra_file(hydra_file: Path) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    import stn_face.config  # noqa: F401 - registers the ${stn_face.*:} resolvers
+
+    cfg = OmegaConf.load(hydra_file)
+    result: dict[str, Any] = {"format": 1, "source": str(hydra_file)}
+    try:
+        for key in ("transform", "localization", "backbone", "head"):
+            if cfg.get(key) is not None:
+                result[key] = OmegaConf.to_container(cfg[key], resolve=True)
+        data = cfg.get("data") or {}
+        result["image_size"] = data.get("image_size")
+        crop = data.get("crop")
+        result["crop"] = OmegaConf.to_container(crop, resolve=True) if crop is not None else None
+    except Exception as error:  # noqa: BLE001
+        raise CheckpointError(f"cannot read the network config from {hydra_file}: {error}") from None
+    if not result.get("transform") or not result.get("backbone"):
+        raise CheckpointError(f"{hydra_file} describes no `transform` and `backbone`: not a stn-face-train run")
+    return result
+
+
+def build_network(config: dict[str, Any], where: str = "the checkpoint") -> EmbeddingNet:
+    """Instantiate the spatial transformer and backbone described by a ``model_config``."""
+    from hydra.utils import instantiate
+
+    try:
+        transformer = instantiate(config["transform"])
+        backbone = instantiate(config["backbone"])
+    except Exception as error:  # noqa: BLE001 - a config that does not build is a bad input
+        message = " ".join(str(error).split())[:300]
+        raise CheckpointError(f"the network config of {where} does not build with this version of stn_face: "
+                              f"{message}") from None
+    if not hasattr(backbone, "embedding_size"):
+        raise CheckpointError(f"the backbone of {where} does not expose `embedding_size`")
+    return EmbeddingNet(transformer, backbone)
+
+
+def load_weights(net: EmbeddingNet, state_dict: dict[str, torch.Tensor], where: str) -> None:
+    """Copy the ``transformer.*`` and ``backbone.*`` weights; a mismatch is a :class:`CheckpointError`."""
+    wanted = {k: v for k, v in state_dict.items() if k.startswith(("transformer.", "backbone."))}
+    describe = (f"{net.transformer.transform_name} transform, {type(net.backbone).__name__} backbone"
+                if hasattr(net.transformer, "transform_name") else type(net.backbone).__name__)
+    try:
+        missing, unexpected = net.load_state_dict(wanted, strict=False)
+    except RuntimeError as error:  # size mismatches
+        lines = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
+        detail = "; ".join(lines[:2]) or " ".join(str(error).split())[:300]
+        raise CheckpointError(f"{where} holds weights of another architecture than its config describes "
+                              f"({describe}): {detail}") from None
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} weights missing (first: {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:3])})")
+        raise CheckpointError(f"{where} holds weights of another architecture than its config describes "
+                              f"({describe}): {'; '.join(parts)}")
+
+
+def stored_threshold(ckpt: dict[str, Any]) -> tuple[float | None, str | None]:
+    """The accuracy-maximising LFW threshold the verification callback saved (View 2 ``lfw`` first, then
+    any other ``lfw*`` set) and the set's name; ``(None, None)`` when there is none."""
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        if not str(key).startswith("VerificationCallback") or not isinstance(state, dict):
+            continue
+        best = state.get("best") or {}
+        names = sorted((n for n in best if str(n).startswith("lfw")), key=lambda n: (n != "lfw", n))
+        for name in names:
+            value = (best[name] or {}).get("best_threshold")
+            if value is not None:
+                return float(value), name
+    return None, None
+
+
+# ----------------------------------------------------------------------------------- the embedder
+class FaceEmbedder:
+    """A trained spatial transformer + backbone in eval mode, ready to embed face crops.
+
+    Build it with :meth:`from_checkpoint`. Attributes: ``image_size`` (the network's input side),
+    ``embedding_size``, ``class_names`` (training identities), ``threshold`` (the checkpoint's
+    calibrated LFW threshold for flip-summed cosine scores, or None), ``crop_settings`` (the MTCNN crop
+    the model was trained on), ``net`` (the :class:`EmbeddingNet`).
+    """
+
+    def __init__(self, net: EmbeddingNet, image_size: int = 128, class_names: Sequence[str] = (),
+                 threshold: float | None = None, threshold_set: str | None = None,
+                 config: dict[str, Any] | None = None, device: str | torch.device = "cpu",
+                 checkpoint_path: str | None = None) -> None:
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        for parameter in self.net.parameters():
+            parameter.requires_grad_(False)
+        self.image_size = int(image_size)
+        self.class_names = list(class_names)
+        self.threshold = None if threshold is None else float(threshold)
+        self.threshold_set = threshold_set
+        self.config = dict(config or {})
+        self.checkpoint_path = checkpoint_path
+        self._detector = None
+        self._transform = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "FaceEmbedder":
+        """Rebuild the network of a ``stn-face-train`` checkpoint (or a run folder's ``last.ckpt``).
+
+        Raises ``FileNotFoundError`` for a missing file and :class:`~stn_face.errors.CheckpointError`
+        for a file that is not a checkpoint or whose weights do not fit its architecture.
+        """
+        ckpt = load_checkpoint(path)
+        where = ckpt["_path"]
+        config = checkpoint_model_config(ckpt, where)
+        net = build_network(config, where)
+        load_weights(net, ckpt["state_dict"], where)
+        data_state = ckpt.get("FaceDataModule") or {}
+        image_size = data_state.get("image_size") or config.get("image_size") or DEFAULT_CROP["size"]
+        threshold, threshold_set = stored_threshold(ckpt)
+        return cls(net, image_size=image_size, class_names=data_state.get("class_names") or (),
+                   threshold=threshold, threshold_set=threshold_set, config=config, device=device,
+                   checkpoint_path=where)
+
+    # ------------------------------------------------------------------------------- properties
+    @property
+    def transformer(self) -> nn.Module:
+        return self.net.transformer
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.net.backbone
+
+    @property
+    def embedding_size(self) -> int:
+        return int(self.net.backbone.embedding_size)
+
+    @property
+    def transform_name(self) -> str:
+        return getattr(self.net.transformer, "transform_name", "unknown")
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return tuple(getattr(self.net.transformer, "output_size", (112, 112)))
+
+    @property
+    def crop_settings(self) -> dict[str, Any]:
+        """The ``stn-face-prepare`` crop settings of the training crops (``mode``, ``size``, ``margin``)."""
+        return dict(self.config.get("crop") or DEFAULT_CROP)
+
+    def __repr__(self) -> str:
+        return (f"FaceEmbedder({self.transform_name} transform, {type(self.backbone).__name__} backbone, "
+                f"{self.image_size}px -> {self.embedding_size}-d, threshold={self.threshold})")
+
+    # -------------------------------------------------------------------------------- inputs
+    def preprocess(self, images: ImagesLike) -> torch.Tensor:
+        """Any accepted input -> a normalised float batch ``(B, 3, S, S)`` on the embedder's device.
+
+        uint8 RGB arrays (``(H, W, 3)``, ``(N, H, W, 3)`` or a list, of any size; grayscale ``(H, W)``
+        too) and image file paths are resized to ``S = image_size`` with area averaging and mapped to
+        [-1, 1], exactly as the evaluation crops in training. A float tensor ``(B, 3, H, W)`` is taken
+        as already normalised (resized bilinearly when ``H, W`` differ from ``S``).
+        """
+        if isinstance(images, torch.Tensor):
+            if images.ndim != 4 or images.shape[1] != 3:
+                raise ValueError(f"expected a normalised float tensor (B, 3, H, W), got shape {tuple(images.shape)}")
+            if not images.is_floating_point():
+                raise ValueError("a tensor input must be float, normalised like training ((x / 255 - 0.5) / 0.5); "
+                                 "pass uint8 images as numpy arrays")
+            batch = images.to(self.device, torch.float32)
+            if batch.shape[-2:] != (self.image_size, self.image_size):
+                batch = F.interpolate(batch, size=(self.image_size, self.image_size), mode="bilinear",
+                                      align_corners=False, antialias=True)
+            return batch
+        arrays = _as_array_list(images)
+        if not arrays:
+            return torch.zeros(0, 3, self.image_size, self.image_size, device=self.device)
+        if self._transform is None:
+            from stn_face.data.transforms import eval_transform
+
+            self._transform = eval_transform(self.image_size)
+        return torch.stack([self._transform(image=a)["image"] for a in arrays]).to(self.device)
+
+    # ---------------------------------------------------------------------------------- embed
+    @torch.inference_mode()
+    def _features(self, batch: torch.Tensor, flip: bool) -> torch.Tensor:
+        if not flip:
+            return F.normalize(self.net(batch))
+        first, mirrored = self.net(torch.cat([batch, batch.flip(-1)])).chunk(2)
+        return F.normalize(F.normalize(first) + F.normalize(mirrored))
+
+    def embed(self, images: ImagesLike, flip: bool = True, batch_size: int = 64):
+        """L2-normalised embeddings. With ``flip`` (the paper's test feature): normalise(emb(image)) +
+        normalise(emb(mirror image)), normalised again.
+
+        Returns a numpy ``float32`` array ``(N, D)`` for arrays / lists, ``(D,)`` for one ``(H, W, 3)``
+        array, and a CPU float tensor ``(B, D)`` for a tensor input.
+        """
+        single = isinstance(images, np.ndarray) and images.ndim in (2, 3)
+        if isinstance(images, torch.Tensor):
+            outputs = [self._features(self.preprocess(chunk), flip).cpu() for chunk in images.split(batch_size)]
+            return torch.cat(outputs) if outputs else torch.zeros(0, self.embedding_size)
+        arrays = _as_array_list(images)
+        outputs = [self._features(self.preprocess(arrays[i:i + batch_size]), flip).cpu().numpy()
+                   for i in range(0, len(arrays), batch_size)]
+        result = np.concatenate(outputs) if outputs else np.zeros((0, self.embedding_size), np.float32)
+        result = result.astype(np.float32, copy=False)
+        return result[0] if single else result
+
+    def embed_files(self, paths: Iterable[str | os.PathLike], batch_size: int = 64, progress: bool = True,
+                    flip: bool = True, skip_errors: bool = False):
+        """Embed image files (face crops) in batches; returns ``(N, D)`` float32.
+
+        An unreadable file raises :class:`~stn_face.data.images.ImageReadError`; with ``skip_errors`` it
+        is left out and the result is ``(embeddings, failed)``, ``failed`` mapping each left-out path
+        to the reason (rows of ``embeddings`` follow the remaining paths in order).
+        """
+        from stn_face.data.images import ImageReadError, read_rgb
+
+        paths = [Path(p) for p in paths]
+        failed: dict[str, str] = {}
+        outputs = []
+        bar = _progress(len(paths), "embedding", progress)
+        try:
+            for start in range(0, len(paths), batch_size):
+                images = []
+                for path in paths[start:start + batch_size]:
+                    try:
+                        images.append(read_rgb(path))
+                    except ImageReadError as error:
+                        if not skip_errors:
+                            raise
+                        failed[str(path)] = error.reason
+                if images:
+                    outputs.append(self.embed(images, flip=flip, batch_size=batch_size))
+                bar.update(min(batch_size, len(paths) - start))
+        finally:
+            bar.close()
+        result = np.concatenate(outputs) if outputs else np.zeros((0, self.embedding_size), np.float32)
+        return (result, failed) if skip_errors else result
+
+    # ---------------------------------------------------------------------------------- align
+    @torch.inference_mode()
+    def align(self, images: ImagesLike, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """The aligned faces the backbone sees, as uint8 RGB ``(N, h, w, 3)`` (``(h, w, 3)`` for one
+        array), and the output-to-input matrices ``(N, 3, 3)`` in normalised coordinates
+        (:mod:`stn_face.geometry`; ``stn_face.geometry.corners`` gives the sampled quadrilateral)."""
+        single = isinstance(images, np.ndarray) and images.ndim in (2, 3)
+        if isinstance(images, torch.Tensor):
+            chunks = list(images.split(batch_size))
+        else:
+            arrays = _as_array_list(images)
+            chunks = [arrays[i:i + batch_size] for i in range(0, len(arrays), batch_size)]
+        faces, matrices = [], []
+        for chunk in chunks:
+            aligned, matrix = self.net.transformer(self.preprocess(chunk))
+            pixels = ((aligned * STD + MEAN) * 255.0).clamp(0, 255).round().to(torch.uint8)
+            faces.append(pixels.permute(0, 2, 3, 1).cpu().numpy())
+            matrices.append(matrix.float().cpu().numpy())
+        height, width = self.output_size
+        faces_arr = np.concatenate(faces) if faces else np.zeros((0, height, width, 3), np.uint8)
+        matrix_arr = np.concatenate(matrices) if matrices else np.zeros((0, 3, 3), np.float32)
+        return (faces_arr[0], matrix_arr[0]) if single else (faces_arr, matrix_arr)
+
+    # -------------------------------------------------------------------------------- compare
+    def compare(self, a: ImagesLike, b: ImagesLike, flip: bool = True) -> tuple[float, bool | None]:
+        """Cosine score of two face crops and the decision at :attr:`threshold` (None without one)."""
+        features = self.embed([_one(a), _one(b)], flip=flip)
+        score = float(np.dot(features[0], features[1]))
+        return score, (None if self.threshold is None else score >= self.threshold)
+
+    # ------------------------------------------------------------------------------ raw photos
+    def crop(self, photo: np.ndarray | str | os.PathLike) -> tuple[np.ndarray, str]:
+        """The training crop of the face in a raw photo (MTCNN, largest face, :attr:`crop_settings`),
+        JPEG round-tripped like the cached crops; and its status: ``detected`` or ``fallback_center``
+        (no face found: the centre of the photo)."""
+        import cv2
+
+        from stn_face.data.detect import MTCNNDetector, select_face
+        from stn_face.data.images import read_rgb
+        from stn_face.data.prepare import DETECTED, FALLBACK, CropSettings, center_crop, face_crop
+
+        image = read_rgb(photo) if isinstance(photo, (str, os.PathLike)) else np.ascontiguousarray(photo)
+        settings = CropSettings(**self.crop_settings)
+        settings.validate()
+        if self._detector is None:
+            self._detector = MTCNNDetector()
+        face = select_face(self._detector.detect(image), image.shape, settings.face_selection)
+        if face is not None:
+            crop, status = face_crop(image, face, settings), DETECTED
+        else:
+            crop, status = center_crop(image, settings), FALLBACK
+        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
+                                   [cv2.IMWRITE_JPEG_QUALITY, int(settings.jpeg_quality)])
+        if ok:
+            crop = cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        return crop, status
+
+
+# ------------------------------------------------------------------------------------- helpers
+def _one(image: ImagesLike) -> np.ndarray:
+    arrays = _as_array_list(image)
+    if len(arrays) != 1:
+        raise ValueError(f"expected one image, got {len(arrays)}")
+    return arrays[0]
+
+
+def _as_array_list(images: ImagesLike) -> list[np.ndarray]:
+    """uint8 RGB arrays from one array, a stacked batch, or a list of arrays / file paths."""
+    from stn_face.data.images import read_rgb
+
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    if isinstance(images, np.ndarray):
+        if images.ndim in (2, 3):
+            images = [images]
+        elif images.ndim == 4:
+            images = list(images)
+        else:
+            raise ValueError(f"expected uint8 images (H, W, 3) or (N, H, W, 3), got shape {images.shape}")
+    result = []
+    for image in images:
+        if isinstance(image, (str, os.PathLike)):
+            image = read_rgb(image)
+        image = np.asarray(image)
+        if image.dtype != np.uint8:
+            raise ValueError(f"expected uint8 RGB images, got dtype {image.dtype}; pass a normalised float "
+                             "tensor (B, 3, H, W) for float input")
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an RGB image (H, W, 3), got shape {image.shape}")
+        result.append(np.ascontiguousarray(image))
+    return result
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled or total == 0:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img")
+
+
+def require_input(value: Any, message: str) -> Any:
+    """``value``, or an :class:`InputError` with ``message`` when it is missing / empty."""
+    if value is None or value == "" or value == "???":
+        raise InputError(message)
+    return value
+
+
+def list_images(folder: str | os.PathLike, extensions: Sequence[str]) -> list[str]:
+    """Image files below ``folder`` (any depth, hidden files and folders left out) as sorted ``/``-separated
+    paths relative to it."""
+    root = Path(folder)
+    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
+    found = []
+    for current, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = Path(current).relative_to(root)
+        for name in files:
+            if not name.startswith(".") and Path(name).suffix.lower() in exts:
+                found.append((rel / name).as_posix())
+    return sorted(found)
