@@ -82,9 +82,9 @@ def prepare_crops(input_dir: Path, files: Sequence[str], crop: dict[str, Any], c
 
 
 def run(cfg: DictConfig) -> Path:
-    from stn_face.embedder import FaceEmbedder, list_images, require_input
+    from stn_face.cli_utils import list_images, require_input, resolve_checkpoint_path
 
-    require_input(cfg.get("ckpt"), f"missing ckpt=PATH; {USAGE}")
+    ckpt = resolve_checkpoint_path(require_input(cfg.get("ckpt"), f"missing ckpt=PATH; {USAGE}"))
     require_input(cfg.get("input"), f"missing input=DIR; {USAGE}")
     output = Path(str(require_input(cfg.get("output"), f"missing output=FILE.npz; {USAGE}"))).expanduser()
     if output.suffix != ".npz":
@@ -95,10 +95,12 @@ def run(cfg: DictConfig) -> Path:
     if not input_dir.is_dir():
         raise NotADirectoryError(f"input={input_dir} is not a folder; pass input=DIR, a folder of photos "
                                  "(stn-face-verify compares two single images)")
-    embedder = FaceEmbedder.from_checkpoint(cfg.ckpt, device=cfg.device)
     files = list_images(input_dir, list(cfg.extensions))
     if not files:
         raise InputError(f"no images found below {input_dir} (extensions {', '.join(cfg.extensions)})")
+    from stn_face.embedder import FaceEmbedder
+
+    embedder = FaceEmbedder.from_checkpoint(ckpt, device=cfg.device)
     progress = bool(cfg.progress)
     if cfg.cropped:
         paths = {name: input_dir / name for name in files}

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stn_face.errors import CheckpointError, InputError
+from stn_face.cli_utils import list_images, require_input, resolve_checkpoint_path  # noqa: F401 - re-exported
+from stn_face.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +58,6 @@ class EmbeddingNet(nn.Module):
 
 
 # ------------------------------------------------------------------------------------ checkpoints
-def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
-    """``path`` itself, or for a run folder / ``checkpoints`` folder its ``last.ckpt``."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        for candidate in (path / "last.ckpt", path / "checkpoints" / "last.ckpt"):
-            if candidate.is_file():
-                return candidate
-        raise FileNotFoundError(f"checkpoint folder {path} holds no last.ckpt; pass ckpt=PATH to a .ckpt file")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}; pass ckpt=PATH to a .ckpt file written by "
-                                "stn-face-train (<run>/checkpoints/last.ckpt)")
-    return path
-
-
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint file (tensors, numbers and strings only; older pickles with other objects are
     read in full). Raises :class:`CheckpointError` for files that are not checkpoints."""
@@ -458,24 +445,3 @@ def _progress(total: int, desc: str, enabled: bool):
 
     return tqdm(total=total, desc=desc, unit="img")
 
-
-def require_input(value: Any, message: str) -> Any:
-    """``value``, or an :class:`InputError` with ``message`` when it is missing / empty."""
-    if value is None or value == "" or value == "???":
-        raise InputError(message)
-    return value
-
-
-def list_images(folder: str | os.PathLike, extensions: Sequence[str]) -> list[str]:
-    """Image files below ``folder`` (any depth, hidden files and folders left out) as sorted ``/``-separated
-    paths relative to it."""
-    root = Path(folder)
-    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
-    found = []
-    for current, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        rel = Path(current).relative_to(root)
-        for name in files:
-            if not name.startswith(".") and Path(name).suffix.lower() in exts:
-                found.append((rel / name).as_posix())
-    return sorted(found)

@@ -24,13 +24,14 @@ INPUT_ERRORS: tuple[type[BaseException], ...] = (DataNotFoundError, FileNotFound
 
 
 def input_error_types() -> tuple[type[BaseException], ...]:
+    from stn_face.checkpoint import CheckpointMismatchError
     from stn_face.data.datasets import EmptyDatasetError
     from stn_face.data.images import ImageReadError
     from stn_face.data.prepare import PrepareError
     from stn_face.data.protocols import MissingImagesError, ProtocolFormatError
 
     extra: list[type[BaseException]] = [EmptyDatasetError, MissingImagesError, ProtocolFormatError, PrepareError,
-                                        ImageReadError]
+                                        ImageReadError, CheckpointMismatchError]
     try:
         from omegaconf.errors import OmegaConfBaseException
 

@@ -149,21 +149,22 @@ def load_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
 
 # ----------------------------------------------------------------------------------------- run
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    from stn_face.evaluation.callbacks import set_metrics
-
     ckpt, embeddings_file = cfg.get("ckpt"), cfg.get("embeddings")
     if bool(ckpt) == bool(embeddings_file):
         raise InputError(("give either ckpt=PATH or embeddings=FILE.npz, not both; " if ckpt else
                           "missing ckpt=PATH or embeddings=FILE.npz; ") + USAGE)
     eval_set = build_eval_set(cfg.eval)
     if ckpt:
+        from stn_face.cli_utils import resolve_checkpoint_path
+
+        ckpt = resolve_checkpoint_path(ckpt)
+        try:
+            eval_set.load()  # missing images / videos fail here, before the model is loaded
+        except ValueError as error:  # nothing left to score
+            raise InputError(str(error)) from None
         from stn_face.embedder import FaceEmbedder
 
         embedder = FaceEmbedder.from_checkpoint(ckpt, device=cfg.device)
-        try:
-            eval_set.load()
-        except ValueError as error:  # nothing left to score
-            raise InputError(str(error)) from None
         crop = OmegaConf.to_container(cfg.crop, resolve=True) if cfg.get("crop") else embedder.crop_settings
         eval_set.prepare(crop, workers=int(cfg.prepare_workers), progress=bool(cfg.progress))
         eval_set.resolve()
@@ -174,6 +175,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         names, embeddings = load_embeddings(embeddings_file)
         features = attach_embeddings(eval_set, names, embeddings, str(embeddings_file))
         source = {"embeddings": str(Path(embeddings_file).expanduser().resolve())}
+    from stn_face.evaluation.callbacks import set_metrics
+
     metrics, (fpr, tpr) = set_metrics(eval_set, features)
     metrics.update({"eval": eval_set.name, "pairs_file": str(eval_set.pairs_file), **source})
     write_outputs(cfg, eval_set, metrics, fpr, tpr)

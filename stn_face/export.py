@@ -151,7 +151,7 @@ def export(embedder, fmt: str, output: str | Path, normalize: bool = True, opset
 
 
 def run(cfg: DictConfig) -> Path:
-    from stn_face.embedder import FaceEmbedder, require_input, resolve_checkpoint_path
+    from stn_face.cli_utils import require_input, resolve_checkpoint_path
 
     usage = "usage: stn-face-export ckpt=PATH format=onnx|torchscript [output=FILE]"
     ckpt = require_input(cfg.get("ckpt"), f"missing ckpt=PATH; {usage}")
@@ -159,6 +159,8 @@ def run(cfg: DictConfig) -> Path:
     if fmt not in FORMATS:
         raise InputError(f"format={fmt or '(none)'} is unknown; use format=onnx or format=torchscript")
     ckpt_path = resolve_checkpoint_path(ckpt)
+    from stn_face.embedder import FaceEmbedder
+
     embedder = FaceEmbedder.from_checkpoint(ckpt_path, device="cpu")
     output = Path(cfg.output) if cfg.get("output") else ckpt_path.with_suffix(FORMATS[fmt])
     path = export(embedder, fmt, output, bool(cfg.normalize), int(cfg.opset), int(cfg.batch_size))

@@ -52,7 +52,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     log_hyperparameters(trainer, cfg)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), cfg))
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg)
+    if ckpt_path:
+        from stn_face.checkpoint import check_compatible
+
+        check_compatible(model, ckpt_path)
+        log.info("resuming from %s", ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = collect_metrics(trainer, callbacks, model)
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)

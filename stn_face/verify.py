@@ -46,11 +46,16 @@ def load_face(embedder, path: str, cropped: bool, label: str) -> np.ndarray:
 def run(cfg: DictConfig) -> dict:
     from PIL import Image
 
-    from stn_face.embedder import FaceEmbedder, require_input
+    from stn_face.cli_utils import require_image_file, require_input, resolve_checkpoint_path
 
     for key in ("ckpt", "a", "b"):
         require_input(cfg.get(key), f"missing {key}=...; {USAGE}")
-    embedder = FaceEmbedder.from_checkpoint(cfg.ckpt, device=cfg.device)
+    ckpt = resolve_checkpoint_path(cfg.ckpt)
+    for key in ("a", "b"):
+        require_image_file(cfg[key], key)
+    from stn_face.embedder import FaceEmbedder
+
+    embedder = FaceEmbedder.from_checkpoint(ckpt, device=cfg.device)
     faces = [load_face(embedder, str(cfg[key]), bool(cfg.cropped), key) for key in ("a", "b")]
     features = embedder.embed(faces, flip=bool(cfg.flip))
     score = float(np.dot(features[0], features[1]))

@@ -76,9 +76,9 @@ def run(cfg: DictConfig) -> Path:
     from PIL import Image
 
     from stn_face.data.images import ImageReadError, read_rgb
-    from stn_face.embedder import FaceEmbedder, list_images, require_input
+    from stn_face.cli_utils import list_images, require_input, resolve_checkpoint_path
 
-    require_input(cfg.get("ckpt"), f"missing ckpt=PATH; {USAGE}")
+    ckpt = resolve_checkpoint_path(require_input(cfg.get("ckpt"), f"missing ckpt=PATH; {USAGE}"))
     source = Path(str(require_input(cfg.get("input"), f"missing input=DIR; {USAGE}"))).expanduser()
     if not source.exists():
         raise FileNotFoundError(f"input not found: {source}; pass input=DIR (a folder of photos) or one image")
@@ -89,7 +89,9 @@ def run(cfg: DictConfig) -> Path:
         names, files = [source.name], [source]
     if not files:
         raise InputError(f"no images found below {source}")
-    embedder = FaceEmbedder.from_checkpoint(cfg.ckpt, device=cfg.device)
+    from stn_face.embedder import FaceEmbedder
+
+    embedder = FaceEmbedder.from_checkpoint(ckpt, device=cfg.device)
     faces, captions = [], []
     for name, file in zip(names, files):
         try:
