@@ -57,8 +57,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         from stn_face.checkpoint import check_compatible
 
         check_compatible(model, ckpt_path)
-        log.info("resuming from %s", ckpt_path)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    if cfg.get("train", True):
+        if ckpt_path:
+            log.info("resuming from %s", ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    else:
+        if not ckpt_path:
+            raise FileNotFoundError("train=false evaluates a checkpoint: give ckpt_path=PATH")
+        trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    if cfg.get("test", False):
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path if not cfg.get("train", True) else None)
     metrics = collect_metrics(trainer, callbacks, model)
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)

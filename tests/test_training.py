@@ -97,3 +97,24 @@ def test_four_job_transform_sweep(lfw_dir, tmp_path):
         transforms |= {t for t in ("identity", "similarity", "affine", "projective") if f"transform: {t}" in config}
         assert json.loads((run / "metrics.json").read_text())["global_step"] == 3
     assert transforms == {"identity", "similarity", "affine", "projective"}
+
+
+def test_ddp_evaluation_equals_single_process(lfw_dir, tmp_path):
+    """The same checkpoint scored on 1 process and on 2 DDP processes (gloo) gives identical metrics:
+    DistributedSampler's padding duplicates are dropped before scoring."""
+    base = [*SMOKE, "eval.max_pairs_per_fold=37"]
+    result = run_cli(["stn_face.train", *base, f"hydra.run.dir={tmp_path / 'train'}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    scores = {}
+    for trainer in ("cpu", "ddp_cpu"):
+        out = tmp_path / trainer
+        result = run_cli(["stn_face.train", *base, "train=false", f"ckpt_path={ckpt}", f"trainer={trainer}",
+                          "data.eval_batch_size=16", f"hydra.run.dir={out}"])
+        assert result.returncode == 0, result.stderr[-3000:]
+        scores[trainer] = json.loads((out / "val_lfw_view1_metrics.json").read_text())
+    single, ddp = scores["cpu"], scores["ddp_cpu"]
+    # 74 pairs of 129 distinct images: the 2-rank DistributedSampler pads one duplicate
+    assert single["n_pairs"] == ddp["n_pairs"] == 74
+    for key in ("accuracy_mean", "auc", "eer", "best_threshold", "fold_accuracies", "tar_at_far"):
+        assert single[key] == ddp[key], key
