@@ -145,13 +145,15 @@ class StnFaceModule(L.LightningModule):
         self.log("train/skipped_steps", float(self.skipped_steps), batch_size=1)
 
     def configure_optimizers(self):
-        localization = set(self.transformer.parameters())
-        rest = [p for p in self.parameters() if p not in localization and p.requires_grad]
+        # lists, not sets: the parameter order must be the same in every process for resuming
+        localization = list(self.transformer.parameters())
+        ids = {id(p) for p in localization}
+        rest = [p for p in self.parameters() if id(p) not in ids and p.requires_grad]
         groups = [{"params": rest, "name": "main"}]
         if localization:
             base_lr = self.optimizer_factory.keywords.get("lr", 0.01) if hasattr(
                 self.optimizer_factory, "keywords") else 0.01
-            groups.append({"params": list(localization), "name": "localization",
+            groups.append({"params": localization, "name": "localization",
                            "lr": base_lr * self.localization_lr_mult})
         optimizer = self.optimizer_factory(params=groups)
         if self.scheduler_factory is None:

@@ -52,6 +52,7 @@ def test_groups_have_the_documented_options():
 def test_every_option_composes(group, option, tmp_path, monkeypatch):
     monkeypatch.setenv("STN_FACE_DATA", str(tmp_path))
     monkeypatch.setenv("CASIA_WEBFACE", str(tmp_path / "casia"))
+    monkeypatch.setenv("CASIA_LFW_OVERLAP", str(tmp_path / "overlap.txt"))
     cfg = compose_train([f"{group}={option}"], tmp_path)
     # every value resolves (no missing key, no broken interpolation) once the run dir is known
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=group != "data" or option != "folder")
