@@ -73,6 +73,8 @@ def test_smoke_experiment_cli(lfw_dir, tmp_path):
     assert (run / "checkpoints" / "last.ckpt").exists()
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert len(ckpt["FaceDataModule"]["class_names"]) == 20
+    # self-describing: the network rebuilds from the checkpoint alone (stn_face.embedder)
+    assert ckpt["model_config"]["transform"]["transform"] == "projective" and "backbone" in ckpt["model_config"]
 
 
 def test_ddp_cpu_two_processes(lfw_dir, tmp_path):
