@@ -17,17 +17,18 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import hydra  # noqa: E402
-import numpy as np  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
 
-from stn_face.config import CONF_DIR  # noqa: E402
-from stn_face.errors import InputError, friendly_errors  # noqa: E402
+from stn_face.config import CONF_DIR
+from stn_face.errors import InputError, friendly_errors
 
 log = logging.getLogger("stn_face.embed")
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,13 +67,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
-            if "weights_only" not in str(error):
+            if "Unsupported global" not in str(error) and "can still be loaded" not in str(error):
                 raise
             log.warning("%s holds objects besides tensors; loading it in full (only do this with files "
                         "you trust)", path)
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001 - any decoding problem means: not a checkpoint
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        text = str(error)
+        if "WeightsUnpickler error:" in text:
+            text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+        reason = " ".join(text.split())[:200] or type(error).__name__
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({reason}); pass a .ckpt file written by "
                               "stn-face-train") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
@@ -119,10 +123,30 @@ def _config_from_hydra_file(hydra_file: Path) -> dict[str, Any]:
     return result
 
 
-def build_network(config: dict[str, Any], where: str = "the checkpoint") -> EmbeddingNet:
-    """Instantiate the spatial transformer and backbone described by a ``model_config``."""
+def _targets(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [str(node["_target_"])] if "_target_" in node else []
+        return found + [t for value in node.values() for t in _targets(value)]
+    if isinstance(node, list):
+        return [t for value in node for t in _targets(value)]
+    return []
+
+
+def build_network(config: dict[str, Any], where: str = "the checkpoint",
+                  allowed_targets: Sequence[str] = ("stn_face.",)) -> EmbeddingNet:
+    """Instantiate the spatial transformer and backbone described by a ``model_config``.
+
+    Only classes under ``allowed_targets`` (module prefixes) are built, so a checkpoint cannot make us
+    call arbitrary functions (it is read with ``weights_only``)."""
     from hydra.utils import instantiate
 
+    for key in ("transform", "backbone"):
+        if not isinstance(config.get(key), dict):
+            raise CheckpointError(f"the model config of {where} has no `{key}` section")
+        foreign = [t for t in _targets(config[key]) if not t.startswith(tuple(allowed_targets))]
+        if foreign:
+            raise CheckpointError(f"the model config of {where} names classes outside {list(allowed_targets)}: "
+                                  f"{', '.join(foreign)}; pass allowed_targets=... to build them")
     try:
         transformer = instantiate(config["transform"])
         backbone = instantiate(config["backbone"])
@@ -200,16 +224,19 @@ class FaceEmbedder:
         self._transform = None
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "FaceEmbedder":
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+                        allowed_targets: Sequence[str] = ("stn_face.",)) -> FaceEmbedder:
         """Rebuild the network of a ``stn-face-train`` checkpoint (or a run folder's ``last.ckpt``).
 
         Raises ``FileNotFoundError`` for a missing file and :class:`~stn_face.errors.CheckpointError`
         for a file that is not a checkpoint or whose weights do not fit its architecture.
+        ``allowed_targets``: module prefixes of the classes the stored config may build (your own
+        backbone package, say).
         """
         ckpt = load_checkpoint(path)
         where = ckpt["_path"]
         config = checkpoint_model_config(ckpt, where)
-        net = build_network(config, where)
+        net = build_network(config, where, allowed_targets)
         load_weights(net, ckpt["state_dict"], where)
         data_state = ckpt.get("FaceDataModule") or {}
         image_size = data_state.get("image_size") or config.get("image_size") or DEFAULT_CROP["size"]

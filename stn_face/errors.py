@@ -23,27 +23,29 @@ INPUT_ERRORS: tuple[type[BaseException], ...] = (DataNotFoundError, FileNotFound
                                                  InputError)
 
 
+# (module, class name) of the other input errors. They are looked up only in modules already imported:
+# an exception can only come from a module that was loaded, and importing e.g. the checkpoint code
+# here would pull torch into every quick `error:` exit.
+_INPUT_ERROR_NAMES = (
+    ("stn_face.checkpoint", "CheckpointMismatchError"),
+    ("stn_face.data.datasets", "EmptyDatasetError"),
+    ("stn_face.data.images", "ImageReadError"),
+    ("stn_face.data.prepare", "PrepareError"),
+    ("stn_face.data.protocols", "MissingImagesError"),
+    ("stn_face.data.protocols", "ProtocolFormatError"),
+    ("stn_face.data.recordio", "RecordIOError"),
+    ("omegaconf.errors", "OmegaConfBaseException"),
+    ("hydra.errors", "HydraException"),
+)
+
+
 def input_error_types() -> tuple[type[BaseException], ...]:
-    from stn_face.checkpoint import CheckpointMismatchError
-    from stn_face.data.datasets import EmptyDatasetError
-    from stn_face.data.images import ImageReadError
-    from stn_face.data.prepare import PrepareError
-    from stn_face.data.protocols import MissingImagesError, ProtocolFormatError
-
-    extra: list[type[BaseException]] = [EmptyDatasetError, MissingImagesError, ProtocolFormatError, PrepareError,
-                                        ImageReadError, CheckpointMismatchError]
-    try:
-        from omegaconf.errors import OmegaConfBaseException
-
-        extra.append(OmegaConfBaseException)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from hydra.errors import HydraException
-
-        extra.append(HydraException)
-    except ImportError:  # pragma: no cover
-        pass
+    """The exception classes that mean a user input problem (of the modules loaded so far)."""
+    extra = []
+    for module_name, class_name in _INPUT_ERROR_NAMES:
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(getattr(module, class_name, None), type):
+            extra.append(getattr(module, class_name))
     return INPUT_ERRORS + tuple(extra)
 
 

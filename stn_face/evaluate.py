@@ -25,12 +25,12 @@ from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import hydra  # noqa: E402
-import numpy as np  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
 
-from stn_face.config import CONF_DIR  # noqa: E402
-from stn_face.errors import InputError, friendly_errors  # noqa: E402
+from stn_face.config import CONF_DIR
+from stn_face.errors import InputError, friendly_errors
 
 log = logging.getLogger("stn_face.evaluate")
 
@@ -158,8 +158,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         from stn_face.cli_utils import resolve_checkpoint_path
 
         ckpt = resolve_checkpoint_path(ckpt)
+        from stn_face.data.protocols import MissingImagesError
+
         try:
             eval_set.load()  # missing images / videos fail here, before the model is loaded
+        except MissingImagesError as error:
+            first = str(error).split(" To fix:")[0]
+            raise InputError(f"{eval_set.name}: {first} Pass eval.allow_missing=true to score only the pairs "
+                             "whose images/videos exist, or point eval.image_root at the full set.") from None
         except ValueError as error:  # nothing left to score
             raise InputError(str(error)) from None
         from stn_face.embedder import FaceEmbedder
@@ -175,7 +181,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         names, embeddings = load_embeddings(embeddings_file)
         features = attach_embeddings(eval_set, names, embeddings, str(embeddings_file))
         source = {"embeddings": str(Path(embeddings_file).expanduser().resolve())}
-    from stn_face.evaluation.callbacks import set_metrics
+    from stn_face.evaluation.verification import set_metrics
 
     metrics, (fpr, tpr) = set_metrics(eval_set, features)
     metrics.update({"eval": eval_set.name, "pairs_file": str(eval_set.pairs_file), **source})
@@ -213,8 +219,8 @@ def _pct(value: Any) -> str:
 def format_table(metrics: dict[str, Any]) -> str:
     n_pairs, skipped = metrics.get("n_pairs"), metrics.get("skipped_pairs", 0)
     rows = [
-        ("eval set", f"{metrics.get('eval')} ({Path(str(metrics.get('pairs_file'))).name}: {n_pairs} pairs, "
-                     f"{metrics.get('n_same')} same / {metrics.get('n_diff')} different)"),
+        ("eval set", (f"{metrics.get('eval')} ({Path(str(metrics.get('pairs_file'))).name}: {n_pairs} pairs, "
+                      f"{metrics.get('n_same')} same / {metrics.get('n_diff')} different)")),
         ("accuracy", f"{_pct(metrics.get('accuracy_mean'))} ± {_pct(metrics.get('accuracy_std'))}"),
         ("AUC", "n/a (one class only)" if metrics.get("auc") is None else f"{metrics['auc']:.4f}"),
         ("EER", "n/a (one class only)" if metrics.get("eer") is None else _pct(metrics["eer"])),

@@ -28,15 +28,15 @@ from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import hydra  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-from torch import nn  # noqa: E402
+import hydra
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
 
-from stn_face.config import CONF_DIR  # noqa: E402
-from stn_face.errors import InputError, friendly_errors  # noqa: E402
+from stn_face.config import CONF_DIR
+from stn_face.errors import InputError, friendly_errors
 
 log = logging.getLogger(__name__)
 

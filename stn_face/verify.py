@@ -17,12 +17,12 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import hydra  # noqa: E402
-import numpy as np  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+import hydra
+import numpy as np
+from omegaconf import DictConfig
 
-from stn_face.config import CONF_DIR  # noqa: E402
-from stn_face.errors import friendly_errors  # noqa: E402
+from stn_face.config import CONF_DIR
+from stn_face.errors import friendly_errors
 
 USAGE = "usage: stn-face-verify ckpt=PATH a=IMAGE b=IMAGE [threshold=T] [save_aligned=DIR]"
 

@@ -18,12 +18,12 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import hydra  # noqa: E402
-import numpy as np  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+import hydra
+import numpy as np
+from omegaconf import DictConfig
 
-from stn_face.config import CONF_DIR  # noqa: E402
-from stn_face.errors import InputError, friendly_errors  # noqa: E402
+from stn_face.config import CONF_DIR
+from stn_face.errors import InputError, friendly_errors
 
 USAGE = "usage: stn-face-visualize ckpt=PATH input=DIR_OR_IMAGE [output=FILE.png] [max_images=N]"
 CAPTION = 18
@@ -75,8 +75,8 @@ def grid(cells: list[np.ndarray], columns: int, gap: int = 8) -> np.ndarray:
 def run(cfg: DictConfig) -> Path:
     from PIL import Image
 
-    from stn_face.data.images import ImageReadError, read_rgb
     from stn_face.cli_utils import list_images, require_input, resolve_checkpoint_path
+    from stn_face.data.images import ImageReadError, read_rgb
 
     ckpt = resolve_checkpoint_path(require_input(cfg.get("ckpt"), f"missing ckpt=PATH; {USAGE}"))
     source = Path(str(require_input(cfg.get("input"), f"missing input=DIR; {USAGE}"))).expanduser()

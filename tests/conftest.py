@@ -17,6 +17,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+# fixtures of the "use a trained model" tests (tiny checkpoints of every transform family, View 2 crops)
+pytest_plugins = ["tests.use_helpers"]
+
 
 def _require_data() -> bool:
     return os.environ.get("STN_FACE_REQUIRE_DATA", "") not in ("", "0", "false")

@@ -11,35 +11,11 @@ import lightning as L
 import numpy as np
 
 from stn_face.evaluation.collect import FeatureCollector
-from stn_face.evaluation.verification import evaluate_verification, l2_normalize, roc_curve, save_roc_npz
+from stn_face.evaluation.verification import save_roc_npz, set_metrics
 
 log = logging.getLogger(__name__)
 
 SHORT_KEYS = {"accuracy_mean": "acc", "accuracy_std": "acc_std", "auc": "auc", "eer": "eer"}
-
-
-def set_metrics(eval_set, features: np.ndarray) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
-    """Score one :class:`~stn_face.data.eval_sets.VerificationSet` from per-item features ``(N, D)``.
-
-    Items are averaged per group (a YTF video: re-normalised mean of its normalised frame features;
-    an LFW image is a group of one), then pairs are scored by cosine similarity under the 10-fold
-    protocol. Returns the metrics dict and the ROC ``(fpr, tpr)``.
-    """
-    features = l2_normalize(np.asarray(features, dtype=np.float64))
-    groups = np.zeros((len(eval_set.groups), features.shape[1]))
-    np.add.at(groups, eval_set.item_group, features)
-    groups = l2_normalize(groups)
-    pairs, labels, folds = eval_set.pair_indices()
-    scores = np.sum(groups[pairs[:, 0]] * groups[pairs[:, 1]], axis=1)
-    # Float sums differ in the last bits between batchings and devices; rounding makes a 1-process
-    # and a multi-process evaluation score the very same pairs the same way.
-    scores = np.round(scores, 6)
-    metrics = evaluate_verification(scores, labels, folds)
-    metrics["skipped_pairs"] = int(getattr(eval_set, "skipped_pairs", 0))
-    if labels.all() or not labels.any():  # one class only (e.g. a partial YTF): no ROC exists
-        return metrics, (np.zeros(0), np.zeros(0))
-    fpr, tpr, _ = roc_curve(scores, labels)
-    return metrics, (fpr, tpr)
 
 
 class VerificationCallback(L.Callback):

@@ -447,3 +447,31 @@ def load_roc_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read ``(fpr, tpr)`` from a file written by :func:`save_roc_npz`."""
     with np.load(path) as data:
         return np.asarray(data["fpr"]), np.asarray(data["tpr"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring an evaluation set (duck-typed: any object with groups, item_group, pair_indices())
+
+
+def set_metrics(eval_set: Any, features: np.ndarray) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+    """Score one :class:`~stn_face.data.eval_sets.VerificationSet` from per-item features ``(N, D)``.
+
+    Items are averaged per group (a YTF video: re-normalised mean of its normalised frame features;
+    an LFW image is a group of one), then pairs are scored by cosine similarity under the 10-fold
+    protocol. Returns the metrics dict and the ROC ``(fpr, tpr)``.
+    """
+    features = l2_normalize(np.asarray(features, dtype=np.float64))
+    groups = np.zeros((len(eval_set.groups), features.shape[1]))
+    np.add.at(groups, eval_set.item_group, features)
+    groups = l2_normalize(groups)
+    pairs, labels, folds = eval_set.pair_indices()
+    scores = np.sum(groups[pairs[:, 0]] * groups[pairs[:, 1]], axis=1)
+    # Float sums differ in the last bits between batchings and devices; rounding makes a 1-process
+    # and a multi-process evaluation score the very same pairs the same way.
+    scores = np.round(scores, 6)
+    metrics = evaluate_verification(scores, labels, folds)
+    metrics["skipped_pairs"] = int(getattr(eval_set, "skipped_pairs", 0))
+    if labels.all() or not labels.any():  # one class only (e.g. a partial YTF): no ROC exists
+        return metrics, (np.zeros(0), np.zeros(0))
+    fpr, tpr, _ = roc_curve(scores, labels)
+    return metrics, (fpr, tpr)
