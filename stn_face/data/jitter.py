@@ -8,7 +8,7 @@ misaligned images, whatever the batch size, worker count or process count.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np

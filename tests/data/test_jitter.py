@@ -59,4 +59,5 @@ def test_datamodule_wires_eval_jitter(crops, lfw_dir):
     dm.setup("fit")
     (dataset,) = dm.eval_datasets
     assert isinstance(dataset, JitteredFaceDataset) and dataset.jitter["rotate_limit"] == 30
-    assert len(dataset) == len(eval_set.items) == 8
+    # 2 same + 2 different DevTest pairs name 7 distinct images
+    assert len(eval_set.pairs) == 4 and len(dataset) == len(eval_set.items) == 7

@@ -46,6 +46,9 @@ def test_collapse_monitor_counts_events_once():
     assert started == [False, True, False, False, True, False] and monitor.warnings == 2
     assert not monitor.check(0.9, 0.5, 6) and not monitor.collapsed  # healthy again
     assert monitor.check(0.9, 0.01, 7) and monitor.warnings == 3  # blank output
+    assert not monitor.check(0.9, 0.5, 8, perspective=0.02) and not monitor.collapsed
+    # the folded homography of the failed lr-0.1 run (experiments/cpu_celeba): scale 0.51, perspective 1.57
+    assert monitor.check(0.51, 0.38, 9, perspective=1.57) and monitor.warnings == 4
 
 
 @pytest.fixture(scope="module")
