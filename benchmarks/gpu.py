@@ -24,13 +24,14 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
 # Dense (no sparsity) bf16 tensor-core peak, TFLOPS, from the vendors' data sheets; fp16 for cards
 # without bf16. Checked in this order: the first key that occurs in the device name wins.

@@ -41,15 +41,16 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from stn_face.paths import REPO_ROOT, cache_dir  # noqa: E402
+from stn_face.paths import REPO_ROOT, cache_dir
 
 TARGETS = {
     "framework_overhead_ratio": (">=", 0.95),
@@ -1139,7 +1140,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             start = time.perf_counter()
             try:
                 out = fn()
-            except Exception as err:  # noqa: BLE001 - one broken section must not lose the others
+            except Exception as err:
                 logging.getLogger(__name__).exception("section %s failed", name)
                 result["skipped"][name] = f"{type(err).__name__}: {err}"[:500]
                 return None

@@ -19,7 +19,7 @@ affine ``(θ11, θ12, θ13, θ21, θ22, θ23)`` and projective ``(θ11 … θ32)
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -17,12 +17,12 @@ from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import hydra  # noqa: E402
-import lightning as L  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
 
-from stn_face.config import CONF_DIR  # noqa: E402
-from stn_face.errors import friendly_errors  # noqa: E402
+from stn_face.config import CONF_DIR
+from stn_face.errors import friendly_errors
 
 log = logging.getLogger("stn_face.train")
 

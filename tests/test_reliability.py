@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 import signal
 import subprocess
 import sys
@@ -13,9 +11,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from hydra.utils import instantiate
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from stn_face.checkpoint import atomic_torch_save

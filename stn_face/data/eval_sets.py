@@ -61,7 +61,7 @@ class VerificationSet:
     def kind(self) -> str:
         return "video" if self.protocol == "ytf" else "lfw"
 
-    def load(self) -> "VerificationSet":
+    def load(self) -> VerificationSet:
         """Read the pairs, check what exists, and list the source images needed (no image is opened)."""
         pairs = read_ytf_splits(self.pairs_file) if self.protocol == "ytf" else read_lfw_pairs(self.pairs_file)
         if self.max_pairs_per_fold is not None:
@@ -106,7 +106,7 @@ class VerificationSet:
         prepare_collection(self.image_root, self.prepared_root, files=self.sources, workers=workers,
                            progress=progress, **crop)
 
-    def resolve(self) -> "VerificationSet":
+    def resolve(self) -> VerificationSet:
         """Map every source image to its prepared crop; failed images are an error naming them."""
         from stn_face.data.prepare import crop_path_map
 

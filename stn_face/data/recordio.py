@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import pickle
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -102,7 +102,7 @@ class RecordReader:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "RecordReader":
+    def __enter__(self) -> RecordReader:
         return self
 
     def __exit__(self, *exc) -> None:

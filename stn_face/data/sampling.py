@@ -9,7 +9,7 @@ to a whole number of batches on every rank).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Sampler

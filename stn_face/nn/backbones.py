@@ -8,7 +8,7 @@ FINDINGS.md, "what failed").
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

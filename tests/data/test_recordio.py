@@ -8,8 +8,15 @@ import cv2
 import numpy as np
 import pytest
 
-from stn_face.data.recordio import (RecordIOError, export_to_folders, iter_insightface_rec, pack,
-                                    read_bin_pairs, unpack, write_records)
+from stn_face.data.recordio import (
+    RecordIOError,
+    export_to_folders,
+    iter_insightface_rec,
+    pack,
+    read_bin_pairs,
+    unpack,
+    write_records,
+)
 
 
 def _jpegs(lfw_dir, n=6):
