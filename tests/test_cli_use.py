@@ -66,11 +66,14 @@ def test_embed_raw_photos_with_failures_and_root_level_files(checkpoints, photos
     assert embeddings.shape == (3, 128) and embeddings.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     # the crops are the training crops: same as the cached LFW preparation of the same photo
-    from stn_face.data.prepare import crop_path_map
+    from stn_face.data.prepare import crop_path_map, prepare_collection
     from stn_face.embedder import FaceEmbedder
     from stn_face.paths import cache_dir
 
-    prepared = crop_path_map(cache_dir() / "prepared" / "lfw-crop128")["Aaron_Peirsol/Aaron_Peirsol_0001.jpg"]
+    reference_dir = cache_dir() / "prepared" / "lfw-crop128"  # cached; prepared here on a fresh checkout
+    prepare_collection(photos, reference_dir, files=["Aaron_Peirsol/Aaron_Peirsol_0001.jpg"], workers=1,
+                       progress=False)
+    prepared = crop_path_map(reference_dir)["Aaron_Peirsol/Aaron_Peirsol_0001.jpg"]
     reference = FaceEmbedder.from_checkpoint(checkpoints["similarity"]).embed_files([prepared], progress=False)
     assert float(reference[0] @ embeddings[0]) > 0.9999
 
