@@ -247,6 +247,13 @@ def normalized_to_pixel(height: int, width: int, dtype=torch.float64) -> torch.T
     )
 
 
+def to_pixel_points(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Normalised ``align_corners=False`` points ``(..., 2)`` to pixel coordinates with pixel centres
+    at integers (OpenCV, matplotlib): ``u = ((x + 1) W - 1) / 2``, ``v = ((y + 1) H - 1) / 2``."""
+    scale = points.new_tensor([width, height])
+    return ((points + 1) * scale - 1) / 2
+
+
 def to_pixel_homography(matrix: torch.Tensor, in_size: Sequence[int], out_size: Sequence[int]) -> torch.Tensor:
     """Convert normalised output-to-input matrices ``(B, 3, 3)`` to pixel ones (OpenCV ``WARP_INVERSE_MAP``)."""
     to_in = normalized_to_pixel(in_size[0], in_size[1], matrix.dtype).to(matrix.device)

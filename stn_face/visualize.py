@@ -34,10 +34,9 @@ def quad_pixels(matrices: np.ndarray, tile: int) -> np.ndarray:
     (normalised ``align_corners=False`` coordinates: ``u = ((x + 1) * tile - 1) / 2``)."""
     import torch
 
-    from stn_face.geometry import corners
+    from stn_face.geometry import corners, to_pixel_points
 
-    points = corners(torch.as_tensor(matrices, dtype=torch.float64)).numpy()
-    return ((points + 1.0) * tile - 1.0) / 2.0
+    return to_pixel_points(corners(torch.as_tensor(matrices, dtype=torch.float64)), tile, tile).numpy()
 
 
 def draw_pair(face: np.ndarray, aligned: np.ndarray, quad: np.ndarray, tile: int, caption: str) -> np.ndarray:

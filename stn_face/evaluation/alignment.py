@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from stn_face.data.transforms import MEAN, STD
-from stn_face.geometry import corners
+from stn_face.geometry import corners, to_pixel_points
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,7 @@ def corners_to_pixels(points: torch.Tensor, height: int, width: int) -> np.ndarr
     The normalised edge ``-1`` is the outer edge of pixel 0, i.e. ``-0.5`` when pixel centres sit at
     integers (matplotlib's ``imshow`` and OpenCV): ``u = (x + 1) W / 2 - 0.5``.
     """
-    pts = points.detach().double().cpu().numpy().copy()
-    pts[..., 0] = (pts[..., 0] + 1) * width / 2 - 0.5
-    pts[..., 1] = (pts[..., 1] + 1) * height / 2 - 0.5
-    return pts
+    return to_pixel_points(points.detach().double().cpu(), height, width).numpy()
 
 
 def denormalise(images: torch.Tensor) -> np.ndarray:
