@@ -111,14 +111,7 @@ def attach_embeddings(eval_set, names: list[str], embeddings: np.ndarray, source
         pairs = kept
     if not pairs:
         raise MissingEmbeddingsError(f"no pair of {eval_set.pairs_file} can be scored from {source}")
-    eval_set.pairs = pairs
-    eval_set.groups = unique_images(pairs)
-    indices, item_group = [], []
-    for group_index, group in enumerate(eval_set.groups):
-        members = rows[group]
-        indices += members
-        item_group += [group_index] * len(members)
-    eval_set.item_group = np.asarray(item_group, dtype=np.int64)
+    indices = eval_set.set_pairs(pairs, rows.__getitem__)
     return embeddings[np.asarray(indices, dtype=np.int64)]
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from stn_face.geometry import decompose
 from stn_face.nn.transformer import SpatialTransformer
+from stn_face.schedules import margin_schedule
 
 
 class StnFaceModule(L.LightningModule):
@@ -21,7 +22,8 @@ class StnFaceModule(L.LightningModule):
     Optimisation follows the paper: one SGD optimiser with two parameter groups, the localization
     net at ``localization_lr_mult`` times the base rate (the paper: 10 to 100 times smaller) and its
     gradient norm clipped at ``localization_grad_clip``. The margin is switched on after
-    ``margin_warmup_steps`` plain-softmax steps. Steps whose gradients are not finite are skipped and
+    ``margin_warmup_steps`` plain-softmax steps, at once or (``margin_ramp_steps > 0``) growing
+    linearly to its full size over that many steps. Steps whose gradients are not finite are skipped and
     counted (``train/skipped_steps``).
 
     ``validation_step`` returns flip-summed features for the verification callback.
@@ -45,6 +47,7 @@ class StnFaceModule(L.LightningModule):
         localization_lr_mult: float = 0.01,
         localization_grad_clip: float | None = 1.0,
         margin_warmup_steps: int = 0,
+        margin_ramp_steps: int = 0,
         channels_last: bool = False,
         compile: bool = False,
         collapse_scale: float = 0.2,
@@ -63,6 +66,7 @@ class StnFaceModule(L.LightningModule):
         self.localization_lr_mult = localization_lr_mult
         self.localization_grad_clip = localization_grad_clip
         self.margin_warmup_steps = margin_warmup_steps
+        self.margin_ramp_steps = margin_ramp_steps
         self.channels_last = channels_last
         self.collapse_scale = collapse_scale
         self.skipped_steps = 0
@@ -89,7 +93,7 @@ class StnFaceModule(L.LightningModule):
         return F.normalize(F.normalize(first) + F.normalize(mirrored))
 
     def margin_factor(self) -> float:
-        return 0.0 if self.global_step < self.margin_warmup_steps else 1.0
+        return margin_schedule(self.global_step, self.margin_warmup_steps, self.margin_ramp_steps)
 
     # -------------------------------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

@@ -38,3 +38,9 @@ def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 10
         return final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, factor)
+
+
+def margin_schedule(step: int, warmup_steps: int = 0, ramp_steps: int = 0) -> float:
+    """The fraction of the loss margin in use at ``step``: 0 for ``warmup_steps`` plain-softmax steps,
+    then 1 at once, or a linear ramp that reaches 1 after ``ramp_steps`` more steps."""
+    return 0.0 if step < warmup_steps else _warmup(step - warmup_steps, ramp_steps)

@@ -39,7 +39,8 @@ def compose_train(overrides: list[str], output_dir: Path | None = None):
 
 def test_groups_have_the_documented_options():
     assert options("transform") == ["affine", "identity", "projective", "similarity"]
-    assert options("localization") == ["conv1_fc1", "conv2_fc1", "conv2_fc2", "conv3_fc1", "conv3_fc2"]
+    assert options("localization") == [
+        "conv1_fc1", "conv2_fc1", "conv2_fc2", "conv3_fc1", "conv3_fc1_small", "conv3_fc2"]
     assert {"paper_resnet", "iresnet50", "small"} <= set(options("backbone"))
     assert {"arcface", "cosface", "sphereface", "softmax"} <= set(options("head"))
     assert {"cpu", "gpu", "ddp", "ddp_cpu"} <= set(options("trainer"))

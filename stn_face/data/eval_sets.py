@@ -9,9 +9,10 @@ training images; the prepared crops are cached and reused between runs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from stn_face.data.protocols import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -77,16 +79,26 @@ class VerificationSet:
             check_images_exist(pairs, self.image_root, self.kind)
         if not pairs:
             raise ValueError(f"{self.name}: no pair of {self.pairs_file} can be scored under {self.image_root}")
+        self.sources = self.set_pairs(pairs, self._frames if self.protocol == "ytf" else lambda group: [group])
+        return self
+
+    def set_pairs(self, pairs: list[Pair], members: Callable[[str], list[T]]) -> list[T]:
+        """Use ``pairs``: set ``groups`` (their images/videos, first-seen order) and ``item_group``.
+
+        ``members(group)`` lists a group's items (an LFW image: itself; a YTF video: its frames, or
+        the rows of an embeddings file). Returns all items, group after group; ``item_group[i]`` is
+        the group index of item ``i``.
+        """
         self.pairs = pairs
         self.groups = unique_images(pairs)
-        sources, item_group = [], []
+        items: list[T] = []
+        item_group: list[int] = []
         for index, group in enumerate(self.groups):
-            members = self._frames(group) if self.protocol == "ytf" else [group]
-            sources += members
-            item_group += [index] * len(members)
-        self.sources = sources
+            group_items = members(group)
+            items += group_items
+            item_group += [index] * len(group_items)
         self.item_group = np.asarray(item_group, dtype=np.int64)
-        return self
+        return items
 
     def _frames(self, video: str) -> list[str]:
         folder = Path(self.image_root) / video
