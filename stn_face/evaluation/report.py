@@ -326,7 +326,8 @@ def table_rows(runs: Sequence[Run], root: str | Path, far: str = "1e-3") -> list
         rows.append(
             {
                 "transform": run.transform,
-                "localization": run.localization,
+                # an identity transformer has no localization net, whatever the config group says
+                "localization": "-" if (run.transform or "").lower() == "identity" else run.localization,
                 "training_set": run.data,
                 "lfw_acc_mean": _percent(lfw.get("accuracy_mean")),
                 "lfw_acc_std": _percent(lfw.get("accuracy_std")),
