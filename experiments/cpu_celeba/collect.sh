@@ -12,6 +12,7 @@ for run in logs/cpu_celeba/*/*/; do
   cp -f "$run"/metrics.json "$run"/val_lfw_metrics.json "$run"/roc_lfw.npz "$run"/roc_lfw.png "$out/"
   cp -f "$run"/.hydra/config.yaml "$run"/.hydra/overrides.yaml "$out/.hydra/"
   cp -f "$run"/csv/version_0/metrics.csv "$out/train_metrics.csv"
+  cp -f "$run"/undo_jitter.json "$run"/undo_jitter.png "$out/" 2>/dev/null || true
   last=$(ls "$run"/alignment/step*.png 2>/dev/null | tail -1) && cp -f "$last" "$out/alignment/"
 done
 # 256-colour copies of the grids keep the repository small
