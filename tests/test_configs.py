@@ -87,3 +87,16 @@ def test_unknown_option_lists_valid_ones():
         compose_train(["transform=perspective"])
     message = str(error.value)
     assert "perspective" in message and "projective" in message and "similarity" in message
+
+
+def test_cpu_study_composes_with_its_measured_settings(monkeypatch, tmp_path):
+    """experiments/cpu_celeba's settings (s=16, margin ramp, half-width localization) reach the model."""
+    monkeypatch.setenv("STN_FACE_DATA", str(tmp_path))
+    cfg = compose_train(["experiment=cpu_celeba_misaligned", "transform=projective"], tmp_path)
+    assert (cfg.trainer.max_steps, cfg.head.s, cfg.model.margin_warmup_steps, cfg.model.margin_ramp_steps) == (
+        300, 16.0, 100, 200)
+    assert list(cfg.localization.conv_channels) == [16, 32, 64]
+    assert cfg.data.eval_jitter.rotate_limit == cfg.data.augment.rotate_limit == 30
+    model = instantiate(cfg.model, num_classes=299)
+    assert model.head.s == 16.0 and model.margin_ramp_steps == 200 and model.channels_last
+    assert model.transformer.localization.features[0].out_channels == 16
