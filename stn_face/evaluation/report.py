@@ -25,6 +25,7 @@ import csv
 import json
 import math
 import sys
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,8 +327,7 @@ def table_rows(runs: Sequence[Run], root: str | Path, far: str = "1e-3") -> list
         rows.append(
             {
                 "transform": run.transform,
-                # an identity transformer has no localization net, whatever the config group says
-                "localization": "-" if (run.transform or "").lower() == "identity" else run.localization,
+                "localization": _localization(run),
                 "training_set": run.data,
                 "lfw_acc_mean": _percent(lfw.get("accuracy_mean")),
                 "lfw_acc_std": _percent(lfw.get("accuracy_std")),
@@ -417,9 +417,23 @@ def write_table(
     return md_path, csv_path
 
 
+def _localization(run: Run) -> str | None:
+    """The localization setting, or "-" for an identity transformer (it has no localization net)."""
+    return "-" if (run.transform or "").lower() == "identity" else run.localization
+
+
 def _run_label(run: Run, root: Path) -> str:
-    parts = [p for p in (run.transform, run.localization, run.data) if p]
+    parts = [p for p in (run.transform, _localization(run), run.data) if p and p != "-"]
     return " / ".join(parts) if parts else str(run.directory.relative_to(root)) or "."
+
+
+def curve_labels(runs: Sequence[Run], root: str | Path) -> list[str]:
+    """A legend label per run: its settings, plus its folder where several runs share the settings."""
+    root = Path(root).resolve()
+    labels = [_run_label(run, root) for run in runs]
+    repeats = Counter(labels)
+    return [f"{label} ({run.directory.relative_to(root)})" if repeats[label] > 1 else label
+            for label, run in zip(labels, runs, strict=True)]
 
 
 def write_roc_figure(
@@ -434,15 +448,10 @@ def write_roc_figure(
     from stn_face.evaluation.verification import load_roc_npz
 
     root = Path(root).resolve()
-    curves: dict[str, Any] = {}
-    for run in sorted(runs, key=lambda r: _sort_key(r, root)):
-        roc_path = run.roc_path(benchmark)
-        if roc_path is None:
-            continue
-        label = _run_label(run, root)
-        if label in curves:  # same settings twice (seeds): tell them apart by folder
-            label = f"{label} ({run.directory.relative_to(root)})"
-        curves[label] = load_roc_npz(roc_path)
+    drawn = [(run, run.roc_path(benchmark)) for run in sorted(runs, key=lambda r: _sort_key(r, root))]
+    drawn = [(run, roc_path) for run, roc_path in drawn if roc_path is not None]
+    labels = curve_labels([run for run, _ in drawn], root)
+    curves = {label: load_roc_npz(roc_path) for label, (_, roc_path) in zip(labels, drawn, strict=True)}
     if not curves:
         return None
     return plot_roc(curves, path, published=published, title=f"{benchmark.upper()} ROC")

@@ -181,3 +181,18 @@ def test_report_with_published_curves(multirun, lfw_dir: Path, tmp_path: Path) -
         main([str(root), "--out", str(tmp_path / "out"), "--published", str(lfw_dir / "published-roc")]) == 0
     )
     assert (tmp_path / "out" / "roc.png").stat().st_size > 20_000
+
+
+def test_curve_labels_name_settings_and_folders_only_where_needed(tmp_path: Path) -> None:
+    from stn_face.evaluation.report import Run, curve_labels
+
+    def run(folder: str, transform: str) -> Run:
+        return Run(tmp_path / folder, {}, transform, "conv3_fc1", "celeba_subset")
+
+    runs = [run("clean/identity", "identity"), run("clean/projective", "projective"),
+            run("misaligned/projective", "projective")]
+    assert curve_labels(runs, tmp_path) == [
+        "identity / celeba_subset",  # no localization net: none named
+        "projective / conv3_fc1 / celeba_subset (clean/projective)",
+        "projective / conv3_fc1 / celeba_subset (misaligned/projective)",
+    ]
