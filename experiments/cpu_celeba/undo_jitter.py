@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from stn_face.config import register_resolvers
 from stn_face.data.images import read_rgb
-from stn_face.data.jitter import jitter_homography, jitter_image, rotation_of
+from stn_face.data.jitter import item_jitter, jitter_image, rotation_of
 from stn_face.data.transforms import eval_transform
 from stn_face.embedder import FaceEmbedder
 from stn_face.geometry import decompose
@@ -33,9 +33,7 @@ from stn_face.geometry import decompose
 
 def known_jitter(index: int, size: int, jitter: dict) -> tuple[float, float]:
     """Rotation (degrees, ``rotation_of``'s sign) and isotropic scale of item ``index``'s jitter."""
-    rng = np.random.default_rng([int(jitter.get("seed", 0)), int(index)])
-    limits = {k: v for k, v in jitter.items() if k != "seed"}
-    matrix = jitter_homography(rng, size, size, **limits)
+    matrix = item_jitter(index, size, size, **jitter)
     return rotation_of(matrix), math.sqrt(abs(np.linalg.det(matrix[:2, :2])))
 
 

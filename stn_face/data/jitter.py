@@ -38,12 +38,19 @@ def jitter_homography(rng: np.random.Generator, height: int, width: int, rotate_
     return affine
 
 
+def item_jitter(index: int, height: int, width: int, seed: int = 0, rotate_limit: float = 0.0,
+                scale_limit: float = 0.0, shift_px: float = 0.0, perspective: float = 0.0) -> np.ndarray:
+    """The ``3x3`` pixel homography of item ``index``: :func:`jitter_homography` drawn from a generator
+    seeded by ``(seed, index)``."""
+    rng = np.random.default_rng([int(seed), int(index)])
+    return jitter_homography(rng, height, width, rotate_limit, scale_limit, shift_px, perspective)
+
+
 def jitter_image(image: np.ndarray, index: int, seed: int = 0, rotate_limit: float = 0.0, scale_limit: float = 0.0,
                  shift_px: float = 0.0, perspective: float = 0.0) -> np.ndarray:
     """Warp ``image (H, W, C) uint8`` by the jitter of item ``index`` (black outside the photo)."""
-    rng = np.random.default_rng([int(seed), int(index)])
     height, width = image.shape[:2]
-    matrix = jitter_homography(rng, height, width, rotate_limit, scale_limit, shift_px, perspective)
+    matrix = item_jitter(index, height, width, seed, rotate_limit, scale_limit, shift_px, perspective)
     return cv2.warpPerspective(image, matrix, (width, height), flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
