@@ -7,7 +7,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# In a wheel the configs ship inside the package (stn_face/conf); in a source checkout they are the
+# top-level conf/ folder.
+_PACKAGED_CONF = Path(__file__).resolve().parent / "conf"
+CONF_DIR = str(_PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).resolve().parent.parent / "conf")
 
 
 def _data_dir() -> str:

@@ -13,7 +13,7 @@ Inputs are **face crops like the training crops** (``stn-face-prepare``'s MTCNN 
 the face box, any size; resized to the checkpoint's ``image_size``). :meth:`FaceEmbedder.crop`
 makes such a crop from a raw photo.
 
-A checkpoint rebuilds from its ``model_config`` (written by ``stn-face-train``); older checkpoints fall
+A checkpoint rebuilds from its ``model_config`` (:mod:`stn_face.checkpoint`); older checkpoints fall
 back to the Hydra run folder's ``.hydra/config.yaml`` beside ``checkpoints/``. Only the spatial
 transformer and the backbone are built; the margin head is not needed to embed.
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,168 +31,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stn_face.cli_utils import list_images, require_input, resolve_checkpoint_path  # noqa: F401 - re-exported
-from stn_face.errors import CheckpointError
+from stn_face.checkpoint import (
+    build_network,
+    checkpoint_model_config,
+    checkpoint_step,
+    load_checkpoint,
+    load_weights,
+    stored_threshold,
+)
+from stn_face.nn.embedding import EmbeddingNet, flip_sum
 
 log = logging.getLogger(__name__)
 
-#: The crop used when a checkpoint does not record its own (the training default).
-DEFAULT_CROP = {"mode": "crop", "size": 128, "margin": 1.3}
 MEAN, STD = 0.5, 0.5  # stn_face.data.transforms: [0, 255] -> [-1, 1]
 
 ImagesLike = Any  # uint8 (H, W, 3) array | list of arrays or paths | float tensor (B, 3, H, W)
-
-
-class EmbeddingNet(nn.Module):
-    """Spatial transformer + backbone: normalised images ``(B, 3, S, S)`` -> raw embeddings ``(B, D)``
-    (not normalised, no flip). This is what ``stn-face-export`` writes."""
-
-    def __init__(self, transformer: nn.Module, backbone: nn.Module) -> None:
-        super().__init__()
-        self.transformer = transformer
-        self.backbone = backbone
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        aligned, _ = self.transformer(images)
-        return self.backbone(aligned).float()
-
-
-# ------------------------------------------------------------------------------------ checkpoints
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint file (tensors, numbers and strings only; older pickles with other objects are
-    read in full). Raises :class:`CheckpointError` for files that are not checkpoints."""
-    path = resolve_checkpoint_path(path)
-    try:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            if "Unsupported global" not in str(error) and "can still be loaded" not in str(error):
-                raise
-            log.warning("%s holds objects besides tensors; loading it in full (only do this with files "
-                        "you trust)", path)
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 - any decoding problem means: not a checkpoint
-        text = str(error)
-        if "WeightsUnpickler error:" in text:
-            text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
-        reason = " ".join(text.split())[:200] or type(error).__name__
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({reason}); pass a .ckpt file written by "
-                              "stn-face-train") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise CheckpointError(f"{path} is not a stn-face-train checkpoint (it has no `state_dict`); pass a "
-                              ".ckpt file from <run>/checkpoints/")
-    ckpt["_path"] = str(path)
-    return ckpt
-
-
-def checkpoint_model_config(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
-    """The network configs of a checkpoint: its ``model_config``, else the run's ``.hydra/config.yaml``."""
-    config = ckpt.get("model_config")
-    if isinstance(config, dict) and config.get("transform") and config.get("backbone"):
-        return config
-    path = Path(path)
-    for hydra_file in (path.parent.parent / ".hydra" / "config.yaml", path.parent / ".hydra" / "config.yaml"):
-        if hydra_file.is_file():
-            return _config_from_hydra_file(hydra_file)
-    raise CheckpointError(
-        f"{path} does not say which network it holds: it has no `model_config` (checkpoints of "
-        "stn-face-train store one) and no .hydra/config.yaml was found in its run folder; it may come from "
-        "another program or architecture")
-
-
-def _config_from_hydra_file(hydra_file: Path) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    import stn_face.config  # noqa: F401 - registers the ${stn_face.*:} resolvers
-
-    cfg = OmegaConf.load(hydra_file)
-    result: dict[str, Any] = {"format": 1, "source": str(hydra_file)}
-    try:
-        for key in ("transform", "localization", "backbone", "head"):
-            if cfg.get(key) is not None:
-                result[key] = OmegaConf.to_container(cfg[key], resolve=True)
-        data = cfg.get("data") or {}
-        result["image_size"] = data.get("image_size")
-        crop = data.get("crop")
-        result["crop"] = OmegaConf.to_container(crop, resolve=True) if crop is not None else None
-    except Exception as error:  # noqa: BLE001
-        raise CheckpointError(f"cannot read the network config from {hydra_file}: {error}") from None
-    if not result.get("transform") or not result.get("backbone"):
-        raise CheckpointError(f"{hydra_file} describes no `transform` and `backbone`: not a stn-face-train run")
-    return result
-
-
-def _targets(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        found = [str(node["_target_"])] if "_target_" in node else []
-        return found + [t for value in node.values() for t in _targets(value)]
-    if isinstance(node, list):
-        return [t for value in node for t in _targets(value)]
-    return []
-
-
-def build_network(config: dict[str, Any], where: str = "the checkpoint",
-                  allowed_targets: Sequence[str] = ("stn_face.",)) -> EmbeddingNet:
-    """Instantiate the spatial transformer and backbone described by a ``model_config``.
-
-    Only classes under ``allowed_targets`` (module prefixes) are built, so a checkpoint cannot make us
-    call arbitrary functions (it is read with ``weights_only``)."""
-    from hydra.utils import instantiate
-
-    for key in ("transform", "backbone"):
-        if not isinstance(config.get(key), dict):
-            raise CheckpointError(f"the model config of {where} has no `{key}` section")
-        foreign = [t for t in _targets(config[key]) if not t.startswith(tuple(allowed_targets))]
-        if foreign:
-            raise CheckpointError(f"the model config of {where} names classes outside {list(allowed_targets)}: "
-                                  f"{', '.join(foreign)}; pass allowed_targets=... to build them")
-    try:
-        transformer = instantiate(config["transform"])
-        backbone = instantiate(config["backbone"])
-    except Exception as error:  # noqa: BLE001 - a config that does not build is a bad input
-        message = " ".join(str(error).split())[:300]
-        raise CheckpointError(f"the network config of {where} does not build with this version of stn_face: "
-                              f"{message}") from None
-    if not hasattr(backbone, "embedding_size"):
-        raise CheckpointError(f"the backbone of {where} does not expose `embedding_size`")
-    return EmbeddingNet(transformer, backbone)
-
-
-def load_weights(net: EmbeddingNet, state_dict: dict[str, torch.Tensor], where: str) -> None:
-    """Copy the ``transformer.*`` and ``backbone.*`` weights; a mismatch is a :class:`CheckpointError`."""
-    wanted = {k: v for k, v in state_dict.items() if k.startswith(("transformer.", "backbone."))}
-    describe = (f"{net.transformer.transform_name} transform, {type(net.backbone).__name__} backbone"
-                if hasattr(net.transformer, "transform_name") else type(net.backbone).__name__)
-    try:
-        missing, unexpected = net.load_state_dict(wanted, strict=False)
-    except RuntimeError as error:  # size mismatches
-        lines = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
-        detail = "; ".join(lines[:2]) or " ".join(str(error).split())[:300]
-        raise CheckpointError(f"{where} holds weights of another architecture than its config describes "
-                              f"({describe}): {detail}") from None
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} weights missing (first: {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:3])})")
-        raise CheckpointError(f"{where} holds weights of another architecture than its config describes "
-                              f"({describe}): {'; '.join(parts)}")
-
-
-def stored_threshold(ckpt: dict[str, Any]) -> tuple[float | None, str | None]:
-    """The accuracy-maximising LFW threshold the verification callback saved (View 2 ``lfw`` first, then
-    any other ``lfw*`` set) and the set's name; ``(None, None)`` when there is none."""
-    for key, state in (ckpt.get("callbacks") or {}).items():
-        if not str(key).startswith("VerificationCallback") or not isinstance(state, dict):
-            continue
-        best = state.get("best") or {}
-        names = sorted((n for n in best if str(n).startswith("lfw")), key=lambda n: (n != "lfw", n))
-        for name in names:
-            value = (best[name] or {}).get("best_threshold")
-            if value is not None:
-                return float(value), name
-    return None, None
 
 
 # ----------------------------------------------------------------------------------- the embedder
@@ -220,6 +72,7 @@ class FaceEmbedder:
         self.threshold_set = threshold_set
         self.config = dict(config or {})
         self.checkpoint_path = checkpoint_path
+        self.step: int | None = None  # the optimiser step of the checkpoint's weights
         self._detector = None
         self._transform = None
 
@@ -228,7 +81,7 @@ class FaceEmbedder:
                         allowed_targets: Sequence[str] = ("stn_face.",)) -> FaceEmbedder:
         """Rebuild the network of a ``stn-face-train`` checkpoint (or a run folder's ``last.ckpt``).
 
-        Raises ``FileNotFoundError`` for a missing file and :class:`~stn_face.errors.CheckpointError`
+        Raises :class:`~stn_face.errors.MissingInputError` (a ``FileNotFoundError``) for a missing file and :class:`~stn_face.errors.CheckpointError`
         for a file that is not a checkpoint or whose weights do not fit its architecture.
         ``allowed_targets``: module prefixes of the classes the stored config may build (your own
         backbone package, say).
@@ -239,11 +92,15 @@ class FaceEmbedder:
         net = build_network(config, where, allowed_targets)
         load_weights(net, ckpt["state_dict"], where)
         data_state = ckpt.get("FaceDataModule") or {}
-        image_size = data_state.get("image_size") or config.get("image_size") or DEFAULT_CROP["size"]
+        from stn_face.data.prepare import CropSettings
+
+        image_size = data_state.get("image_size") or config.get("image_size") or CropSettings().size
         threshold, threshold_set = stored_threshold(ckpt)
-        return cls(net, image_size=image_size, class_names=data_state.get("class_names") or (),
-                   threshold=threshold, threshold_set=threshold_set, config=config, device=device,
-                   checkpoint_path=where)
+        embedder = cls(net, image_size=image_size, class_names=data_state.get("class_names") or (),
+                       threshold=threshold, threshold_set=threshold_set, config=config, device=device,
+                       checkpoint_path=where)
+        embedder.step = checkpoint_step(ckpt)
+        return embedder
 
     # ------------------------------------------------------------------------------- properties
     @property
@@ -269,7 +126,9 @@ class FaceEmbedder:
     @property
     def crop_settings(self) -> dict[str, Any]:
         """The ``stn-face-prepare`` crop settings of the training crops (``mode``, ``size``, ``margin``)."""
-        return dict(self.config.get("crop") or DEFAULT_CROP)
+        from stn_face.data.prepare import CropSettings
+
+        return dict(self.config.get("crop") or CropSettings().to_dict())
 
     def __repr__(self) -> str:
         return (f"FaceEmbedder({self.transform_name} transform, {type(self.backbone).__name__} backbone, "
@@ -307,10 +166,7 @@ class FaceEmbedder:
     # ---------------------------------------------------------------------------------- embed
     @torch.inference_mode()
     def _features(self, batch: torch.Tensor, flip: bool) -> torch.Tensor:
-        if not flip:
-            return F.normalize(self.net(batch))
-        first, mirrored = self.net(torch.cat([batch, batch.flip(-1)])).chunk(2)
-        return F.normalize(F.normalize(first) + F.normalize(mirrored))
+        return flip_sum(self.net, batch) if flip else F.normalize(self.net(batch))
 
     def embed(self, images: ImagesLike, flip: bool = True, batch_size: int = 64):
         """L2-normalised embeddings. With ``flip`` (the paper's test feature): normalise(emb(image)) +
@@ -397,27 +253,16 @@ class FaceEmbedder:
         """The training crop of the face in a raw photo (MTCNN, largest face, :attr:`crop_settings`),
         JPEG round-tripped like the cached crops; and its status: ``detected`` or ``fallback_center``
         (no face found: the centre of the photo)."""
-        import cv2
-
-        from stn_face.data.detect import MTCNNDetector, select_face
+        from stn_face.data.detect import MTCNNDetector
         from stn_face.data.images import read_rgb
-        from stn_face.data.prepare import DETECTED, FALLBACK, CropSettings, center_crop, face_crop
+        from stn_face.data.prepare import CropSettings, crop_photo, jpeg_roundtrip
 
         image = read_rgb(photo) if isinstance(photo, (str, os.PathLike)) else np.ascontiguousarray(photo)
-        settings = CropSettings(**self.crop_settings)
-        settings.validate()
+        settings, _ = CropSettings.split(self.crop_settings)  # a data config's crop block may hold more
         if self._detector is None:
             self._detector = MTCNNDetector()
-        face = select_face(self._detector.detect(image), image.shape, settings.face_selection)
-        if face is not None:
-            crop, status = face_crop(image, face, settings), DETECTED
-        else:
-            crop, status = center_crop(image, settings), FALLBACK
-        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
-                                   [cv2.IMWRITE_JPEG_QUALITY, int(settings.jpeg_quality)])
-        if ok:
-            crop = cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        return crop, status
+        crop, status, _ = crop_photo(image, settings, self._detector)
+        return jpeg_roundtrip(crop, settings.jpeg_quality), status
 
 
 # ------------------------------------------------------------------------------------- helpers

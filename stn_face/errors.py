@@ -1,12 +1,17 @@
-"""Turn input problems into one clear message and exit code 2 instead of a Python traceback."""
+"""Turn input problems into one clear message and exit code 2 instead of a Python traceback.
+
+Every exception that means "the user gave us something we cannot use" derives from :class:`InputError`;
+its message names the input and the fix. This module imports nothing heavy, so a quick ``error:`` exit
+never pays for torch.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
-
-from stn_face.paths import DataNotFoundError
+from pathlib import Path
+from typing import Any
 
 
 class InputError(Exception):
@@ -14,39 +19,36 @@ class InputError(Exception):
     what to do."""
 
 
+class MissingInputError(InputError, FileNotFoundError):
+    """A file or folder the user named (or that a config names) does not exist."""
+
+
 class CheckpointError(InputError):
     """A checkpoint that cannot be used: not a checkpoint, or its weights do not fit its architecture."""
 
 
-# Exceptions that mean "the user gave us something wrong" (paths, configs, data) rather than a bug.
-INPUT_ERRORS: tuple[type[BaseException], ...] = (DataNotFoundError, FileNotFoundError, NotADirectoryError,
-                                                 InputError)
+def require_input(value: Any, message: str) -> Any:
+    """``value``, or an :class:`InputError` with ``message`` when it is missing / empty."""
+    if value is None or value == "" or value == "???":
+        raise InputError(message)
+    return value
 
 
-# (module, class name) of the other input errors. They are looked up only in modules already imported:
-# an exception can only come from a module that was loaded, and importing e.g. the checkpoint code
-# here would pull torch into every quick `error:` exit.
-_INPUT_ERROR_NAMES = (
-    ("stn_face.checkpoint", "CheckpointMismatchError"),
-    ("stn_face.data.datasets", "EmptyDatasetError"),
-    ("stn_face.data.images", "ImageReadError"),
-    ("stn_face.data.prepare", "PrepareError"),
-    ("stn_face.data.protocols", "MissingImagesError"),
-    ("stn_face.data.protocols", "ProtocolFormatError"),
-    ("stn_face.data.recordio", "RecordIOError"),
-    ("omegaconf.errors", "OmegaConfBaseException"),
-    ("hydra.errors", "HydraException"),
-)
+def require_image_file(path: str | os.PathLike, label: str) -> Path:
+    """An existing file, or an input error naming the option (``a=...``)."""
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise MissingInputError(f"{label}={path}: image not found")
+    if file.is_dir():
+        raise InputError(f"{label}={path} is a folder; pass one image file")
+    return file
 
 
-def input_error_types() -> tuple[type[BaseException], ...]:
-    """The exception classes that mean a user input problem (of the modules loaded so far)."""
-    extra = []
-    for module_name, class_name in _INPUT_ERROR_NAMES:
-        module = sys.modules.get(module_name)
-        if module is not None and isinstance(getattr(module, class_name, None), type):
-            extra.append(getattr(module, class_name))
-    return INPUT_ERRORS + tuple(extra)
+def _config_error_types() -> tuple[type[BaseException], ...]:
+    # Hydra / OmegaConf errors inside a command (a missing `???` value, a bad interpolation) are config
+    # input errors too; they are only looked up when their package is already loaded.
+    module = sys.modules.get("omegaconf.errors")
+    return (module.OmegaConfBaseException,) if module is not None else ()
 
 
 @contextlib.contextmanager
@@ -54,9 +56,9 @@ def friendly_errors():
     """Print ``error: <message>`` for input problems and exit 2; ``STN_FACE_DEBUG=1`` re-raises."""
     try:
         yield
-    except input_error_types() as error:
+    except (InputError, *_config_error_types()) as error:
         if os.environ.get("STN_FACE_DEBUG"):
             raise
         message = str(error).strip() or type(error).__name__
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -1,4 +1,5 @@
-"""``stn-face-export ckpt=PATH format=onnx|torchscript``: the whole embedder as one graph.
+"""Export the embedder (spatial transformer + backbone) as one ONNX or TorchScript graph (the command is
+``stn-face-export ckpt=PATH format=onnx|torchscript``).
 
 The exported model is the spatial transformer + backbone (no margin head): input ``images``, a float
 batch ``(B, 3, S, S)`` normalised like training (RGB, ``(pixel / 255 - 0.5) / 0.5``, ``S`` the
@@ -21,22 +22,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import nn
 
-from stn_face.config import CONF_DIR
-from stn_face.errors import InputError, friendly_errors
+from stn_face.errors import InputError
+from stn_face.nn.embedding import flip_sum
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +41,23 @@ MIN_OPSET = 16  # GridSample
 
 
 class ExportedEmbedder(nn.Module):
-    """``(B, 3, S, S)`` normalised images -> ``(B, D)`` embeddings (L2-normalised when ``normalize``)."""
+    """``(B, 3, S, S)`` normalised images -> ``(B, D)`` embeddings (L2-normalised when ``normalize``);
+    with ``flip`` the graph computes the paper's flip-sum feature itself (always normalised)."""
 
-    def __init__(self, net: nn.Module, normalize: bool = True) -> None:
+    def __init__(self, net: nn.Module, normalize: bool = True, flip: bool = False) -> None:
         super().__init__()
         self.net = net
         self.normalize = normalize
+        self.flip = flip
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.flip:
+            return flip_sum(self.net, images)
         embeddings = self.net(images)
         return F.normalize(embeddings, dim=1) if self.normalize else embeddings
 
 
-def export_metadata(embedder, normalize: bool, fmt: str) -> dict[str, Any]:
+def export_metadata(embedder, normalize: bool, fmt: str, flip: bool = False) -> dict[str, Any]:
     return {
         "format": fmt,
         "input": "images: float32 (B, 3, S, S), RGB, (pixel / 255 - 0.5) / 0.5",
@@ -71,7 +71,8 @@ def export_metadata(embedder, normalize: bool, fmt: str) -> dict[str, Any]:
         "threshold": embedder.threshold,
         "threshold_set": embedder.threshold_set,
         "crop": embedder.crop_settings,
-        "flip": "not included: feature = normalise(normalise(f(x)) + normalise(f(mirror(x))))",
+        "flip": ("included: embeddings = normalise(normalise(f(x)) + normalise(f(mirror(x))))" if flip else
+                 "not included: feature = normalise(normalise(f(x)) + normalise(f(mirror(x))))"),
         "checkpoint": embedder.checkpoint_path,
     }
 
@@ -82,7 +83,8 @@ def _example(embedder, batch_size: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch_size, 3, size, size, generator=generator) * 2 - 1
 
 
-def export_onnx(embedder, path: str | Path, normalize: bool = True, opset: int = 17, batch_size: int = 2) -> Path:
+def export_onnx(embedder, path: str | Path, normalize: bool = True, opset: int = 17, batch_size: int = 2,
+                flip: bool = False) -> Path:
     """Write the embedder as ONNX with a dynamic batch dimension."""
     import onnx
 
@@ -90,7 +92,7 @@ def export_onnx(embedder, path: str | Path, normalize: bool = True, opset: int =
         raise InputError(f"opset={opset} is too old: grid_sample needs ONNX opset {MIN_OPSET} or newer")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = ExportedEmbedder(embedder.net, normalize).eval()
+    model = ExportedEmbedder(embedder.net, normalize, flip).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape checks (fixed S) and the legacy exporter
         torch.onnx.export(model, (_example(embedder, batch_size).to(embedder.device),), str(path), dynamo=False, opset_version=opset,
@@ -98,7 +100,7 @@ def export_onnx(embedder, path: str | Path, normalize: bool = True, opset: int =
                           dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}})
     embedder.net.eval()
     proto = onnx.load(str(path))
-    for key, value in export_metadata(embedder, normalize, "onnx").items():
+    for key, value in export_metadata(embedder, normalize, "onnx", flip).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
     onnx.checker.check_model(proto)
@@ -106,16 +108,17 @@ def export_onnx(embedder, path: str | Path, normalize: bool = True, opset: int =
     return path
 
 
-def export_torchscript(embedder, path: str | Path, normalize: bool = True, batch_size: int = 2) -> Path:
+def export_torchscript(embedder, path: str | Path, normalize: bool = True, batch_size: int = 2,
+                       flip: bool = False) -> Path:
     """Write the embedder as a traced TorchScript module (dynamic batch)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = ExportedEmbedder(embedder.net, normalize).eval()
+    model = ExportedEmbedder(embedder.net, normalize, flip).eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, _example(embedder, batch_size).to(embedder.device), check_trace=False)
     embedder.net.eval()
-    extra = {"stn_face.json": json.dumps(export_metadata(embedder, normalize, "torchscript"), indent=2)}
+    extra = {"stn_face.json": json.dumps(export_metadata(embedder, normalize, "torchscript", flip), indent=2)}
     torch.jit.save(traced, str(path), _extra_files=extra)
     return path
 
@@ -133,51 +136,18 @@ def run_exported(path: str | Path, images: torch.Tensor) -> np.ndarray:
         return module(images).numpy()
 
 
-def check_export(embedder, path: str | Path, normalize: bool = True, batch_size: int = 3) -> float:
+def check_export(embedder, path: str | Path, normalize: bool = True, batch_size: int = 3, flip: bool = False) -> float:
     """Max absolute difference between the exported model and PyTorch on a random batch."""
     images = _example(embedder, batch_size, seed=1)
     with torch.no_grad():
-        expected = ExportedEmbedder(embedder.net, normalize).eval()(images.to(embedder.device)).cpu().numpy()
+        expected = ExportedEmbedder(embedder.net, normalize, flip).eval()(images.to(embedder.device)).cpu().numpy()
     return float(np.abs(run_exported(path, images) - expected).max())
 
 
 def export(embedder, fmt: str, output: str | Path, normalize: bool = True, opset: int = 17,
-           batch_size: int = 2) -> Path:
+           batch_size: int = 2, flip: bool = False) -> Path:
     if fmt == "onnx":
-        return export_onnx(embedder, output, normalize, opset, batch_size)
+        return export_onnx(embedder, output, normalize, opset, batch_size, flip)
     if fmt == "torchscript":
-        return export_torchscript(embedder, output, normalize, batch_size)
+        return export_torchscript(embedder, output, normalize, batch_size, flip)
     raise InputError(f"format={fmt} is unknown; use format=onnx or format=torchscript")
-
-
-def run(cfg: DictConfig) -> Path:
-    from stn_face.cli_utils import require_input, resolve_checkpoint_path
-
-    usage = "usage: stn-face-export ckpt=PATH format=onnx|torchscript [output=FILE]"
-    ckpt = require_input(cfg.get("ckpt"), f"missing ckpt=PATH; {usage}")
-    fmt = str(cfg.get("format") or "")
-    if fmt not in FORMATS:
-        raise InputError(f"format={fmt or '(none)'} is unknown; use format=onnx or format=torchscript")
-    ckpt_path = resolve_checkpoint_path(ckpt)
-    from stn_face.embedder import FaceEmbedder
-
-    embedder = FaceEmbedder.from_checkpoint(ckpt_path, device="cpu")
-    output = Path(cfg.output) if cfg.get("output") else ckpt_path.with_suffix(FORMATS[fmt])
-    path = export(embedder, fmt, output, bool(cfg.normalize), int(cfg.opset), int(cfg.batch_size))
-    print(f"wrote {path} ({fmt}: images (B, 3, {embedder.image_size}, {embedder.image_size}) normalised "
-          f"-> embeddings (B, {embedder.embedding_size}){', L2-normalised' if cfg.normalize else ''}; "
-          f"{embedder.transform_name} transform)")
-    if cfg.get("check", True):
-        diff = check_export(embedder, path, bool(cfg.normalize), int(cfg.batch_size) + 1)
-        print(f"check: max |exported - PyTorch| = {diff:.2e} on a batch of {int(cfg.batch_size) + 1}")
-    return path
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
-def main(cfg: DictConfig) -> None:
-    with friendly_errors():
-        run(cfg)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,18 +1,24 @@
-"""Where data lives and where prepared files are cached.
+"""Where data lives, where prepared files are cached, and which checkpoint a path names.
 
 The real data is never copied into the repository: it is found through the ``STN_FACE_DATA``
 environment variable, and everything derived from it (face crops, manifests, embeddings caches) is
-written under :func:`cache_dir`, which is writable even when the data folder is read-only.
+written under :func:`cache_dir`, which is writable even when the data folder is read-only. Nothing here
+imports torch, so path mistakes fail fast.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+
+from stn_face.errors import MissingInputError
 
 DATA_ENV = "STN_FACE_DATA"
 CACHE_ENV = "STN_FACE_CACHE"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: True when running from a source checkout (editable install), False for an installed wheel
+SOURCE_CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "stn_face").is_dir()
 
 HOW_TO_GET_DATA = (
     f"Set {DATA_ENV} to a folder holding lfw/ (deep-funneled LFW and its pair files), celeba-subset/ "
@@ -20,7 +26,7 @@ HOW_TO_GET_DATA = (
 )
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(MissingInputError):
     """A data folder the user pointed at (or forgot to point at) does not exist or is empty."""
 
 
@@ -44,8 +50,52 @@ def data_root(required: bool = True) -> Path | None:
 
 
 def cache_dir() -> Path:
-    """A writable folder for prepared crops and caches: ``$STN_FACE_CACHE`` or ``<repo>/.cache``."""
+    """A writable folder for prepared crops and caches: ``$STN_FACE_CACHE``, else ``<repo>/.cache`` in a
+    source checkout, else the user's cache folder (``$XDG_CACHE_HOME/stn_face`` or ``~/.cache/stn_face``)."""
     value = os.environ.get(CACHE_ENV)
-    root = Path(value).expanduser() if value else REPO_ROOT / ".cache"
+    if value:
+        root = Path(value).expanduser()
+    elif SOURCE_CHECKOUT:
+        root = REPO_ROOT / ".cache"
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stn_face"
     root.mkdir(parents=True, exist_ok=True)
     return root.resolve()
+
+
+def resolve_checkpoint(value: str | os.PathLike, run_dir: str | os.PathLike | None = None,
+                       option: str = "ckpt") -> Path:
+    """The checkpoint file that ``value`` names: a ``.ckpt`` file, a run folder or its ``checkpoints/``
+    folder (their ``last.ckpt``), or ``last`` (``<run_dir>/checkpoints/last.ckpt``).
+
+    Raises :class:`MissingInputError` naming ``option`` and what to pass instead.
+    """
+    if str(value) == "last":
+        if run_dir is None:
+            raise MissingInputError(f"{option}=last needs a run folder; pass {option}=PATH to a .ckpt file")
+        value = Path(run_dir)
+    path = Path(value).expanduser()
+    if path.is_dir():
+        for candidate in (path / "last.ckpt", path / "checkpoints" / "last.ckpt"):
+            if candidate.is_file():
+                return candidate
+        raise MissingInputError(f"checkpoint folder {path} holds no last.ckpt; pass {option}=PATH to a .ckpt file")
+    if not path.is_file():
+        raise MissingInputError(f"{option}={value}: checkpoint not found; pass {option}=PATH to a .ckpt file "
+                                "written by stn-face-train (<run>/checkpoints/last.ckpt), a run folder, or last")
+    return path
+
+
+def list_images(folder: str | os.PathLike, extensions: Sequence[str]) -> list[str]:
+    """Image files below ``folder`` (any depth, hidden files and folders left out) as sorted ``/``-separated
+    paths relative to it."""
+    root = Path(folder)
+    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
+    found = []
+    for current, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = Path(current).relative_to(root)
+        for name in files:
+            if not name.startswith(".") and Path(name).suffix.lower() in exts:
+                found.append((rel / name).as_posix())
+    return sorted(found)

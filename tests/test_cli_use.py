@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stn_face import embed
+from stn_face.cli import embed
 from tests.helpers import run_cli
 from tests.use_helpers import CLI_ENV, compose_cli, expect_input_error
 
@@ -21,7 +21,7 @@ def photos(lfw_dir):
 
 def test_verify_prints_score_and_decision_and_saves_aligned_faces(checkpoints, photos, tmp_path):
     a, b = photos / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg", photos / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg"
-    result = run_cli(["stn_face.verify", f"ckpt={checkpoints['projective']}", f"a={a}", f"b={b}",
+    result = run_cli(["stn_face.cli.verify", f"ckpt={checkpoints['projective']}", f"a={a}", f"b={b}",
                       f"save_aligned={tmp_path}"], env=CLI_ENV)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
@@ -36,7 +36,7 @@ def test_verify_prints_score_and_decision_and_saves_aligned_faces(checkpoints, p
 
 def test_visualize_writes_a_grid_png(checkpoints, photos, tmp_path):
     output = tmp_path / "grid.png"
-    result = run_cli(["stn_face.visualize", f"ckpt={checkpoints['affine']}", f"input={photos / 'Aaron_Peirsol'}",
+    result = run_cli(["stn_face.cli.visualize", f"ckpt={checkpoints['affine']}", f"input={photos / 'Aaron_Peirsol'}",
                       f"output={output}", "max_images=3", "columns=2", "tile=112"], env=CLI_ENV)
     assert result.returncode == 0, result.stderr[-2000:]
     image = np.asarray(Image.open(output).convert("RGB"))
@@ -56,7 +56,7 @@ def test_embed_raw_photos_with_failures_and_root_level_files(checkpoints, photos
     output = tmp_path / "out.npz"
     cfg = compose_cli("embed", [f"ckpt={checkpoints['similarity']}", f"input={folder}", f"output={output}",
                                 f"cache_dir={tmp_path / 'cache'}", "workers=1", "progress=false"])
-    embed.run(cfg)
+    embed.main(cfg)
     captured = capsys.readouterr()
     assert "warning: 1 of 4 images skipped" in captured.err and "Aaron_Peirsol/broken.jpg" in captured.err
     with np.load(output) as data:
@@ -84,29 +84,29 @@ def test_input_errors_exit_2_with_one_message(checkpoints, photos, tmp_path, cap
     ckpt["model_config"] = torch.load(checkpoints["affine"], map_location="cpu", weights_only=True)["model_config"]
     torch.save(ckpt, tmp_path / "mixed.ckpt")
     image = photos / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"
-    result = run_cli(["stn_face.verify", f"ckpt={tmp_path / 'mixed.ckpt'}", f"a={image}", f"b={image}"], env=CLI_ENV)
+    result = run_cli(["stn_face.cli.verify", f"ckpt={tmp_path / 'mixed.ckpt'}", f"a={image}", f"b={image}"], env=CLI_ENV)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "another architecture" in result.stderr and result.stderr.strip().startswith("error:")
     # the others in process, through the same friendly_errors wrapper
-    from stn_face import export, verify, visualize
+    from stn_face.cli import export, verify, visualize
 
-    message = expect_input_error(capsys, embed.run, compose_cli(
+    message = expect_input_error(capsys, embed.main, compose_cli(
         "embed", [f"ckpt={tmp_path / 'missing.ckpt'}", f"input={photos}", f"output={tmp_path / 'x.npz'}"]))
     assert message.startswith("error: checkpoint not found")
 
-    message = expect_input_error(capsys, verify.run, compose_cli(
+    message = expect_input_error(capsys, verify.main, compose_cli(
         "verify", [f"ckpt={checkpoints['identity']}", f"a={tmp_path / 'nobody.jpg'}", f"b={image}"]))
     assert "a=" in message and "image not found" in message
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"GIF89a")
-    message = expect_input_error(capsys, verify.run, compose_cli(
+    message = expect_input_error(capsys, verify.main, compose_cli(
         "verify", [f"ckpt={checkpoints['identity']}", f"a={image}", f"b={broken}", "cropped=true"]))
     assert "b=" in message
-    message = expect_input_error(capsys, visualize.run, compose_cli(
+    message = expect_input_error(capsys, visualize.main, compose_cli(
         "visualize", [f"ckpt={checkpoints['identity']}", f"input={tmp_path / 'nowhere'}"]))
     assert "input not found" in message
-    message = expect_input_error(capsys, export.run, compose_cli("export", [f"ckpt={broken}"]))
+    message = expect_input_error(capsys, export.main, compose_cli("export", [f"ckpt={broken}"]))
     assert "not a PyTorch checkpoint" in message
-    message = expect_input_error(capsys, embed.run, compose_cli(
+    message = expect_input_error(capsys, embed.main, compose_cli(
         "embed", [f"ckpt={checkpoints['identity']}", f"input={image}", f"output={tmp_path / 'y.npz'}"]))
     assert "is not a folder" in message

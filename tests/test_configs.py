@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from stn_face.config import CONF_DIR
-from stn_face.train import eval_set_configs
+from stn_face.training import eval_set_configs
 
 GROUPS = ["transform", "localization", "backbone", "head", "optimizer", "scheduler", "model", "data", "eval",
           "trainer", "logger", "callbacks", "paths", "experiment"]
@@ -18,7 +18,7 @@ BUILDABLE = {"transform", "localization", "head", "optimizer", "eval", "logger",
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml") if not p.stem.startswith("_"))  # _base: not an option
 
 
 def compose_train(overrides: list[str], output_dir: Path | None = None):

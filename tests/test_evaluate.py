@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from stn_face import evaluate
+from stn_face.cli import eval as evaluate_cli
+from stn_face.evaluation import scoring
 from tests.helpers import run_cli
 from tests.use_helpers import CLI_ENV, compose_cli, expect_input_error
 
@@ -26,14 +27,14 @@ def test_embed_npz_eval_round_trip_matches_checkpoint_evaluation(checkpoints, vi
     ckpt = checkpoints["projective"]
     npz = tmp_path / "lfw.npz"
     # flip=false halves the work here; flip-summing is tested in test_embedder
-    result = run_cli(["stn_face.embed", f"ckpt={ckpt}", f"input={root}", f"output={npz}", "cropped=true",
+    result = run_cli(["stn_face.cli.embed", f"ckpt={ckpt}", f"input={root}", f"output={npz}", "cropped=true",
                       "flip=false", "progress=false"], env=CLI_ENV)
     assert result.returncode == 0, result.stderr[-2000:]
     with np.load(npz) as data:
         assert sorted(data["names"].tolist()) == sorted(names)  # relative to the image root
         assert data["embeddings"].shape == (len(names), 128) and data["embeddings"].dtype == np.float32
     run_dir = tmp_path / "eval-npz"
-    result = run_cli(["stn_face.evaluate", f"embeddings={npz}", "eval=lfw", f"eval.pairs={data_dir}/lfw/pairs.txt",
+    result = run_cli(["stn_face.cli.eval", f"embeddings={npz}", "eval=lfw", f"eval.pairs={data_dir}/lfw/pairs.txt",
                       f"eval.max_pairs_per_fold={PER_FOLD}", f"hydra.run.dir={run_dir}"], env=CLI_ENV)
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -44,8 +45,8 @@ def test_embed_npz_eval_round_trip_matches_checkpoint_evaluation(checkpoints, vi
     assert "accuracy" in result.stdout and "AUC" in result.stdout
     # ckpt= (crops from the shared cache, embedded in process) scores the first pairs like the .npz does
     few = "eval.max_pairs_per_fold=2"
-    direct = evaluate.evaluate(eval_cfg(tmp_path / "eval-ckpt", f"ckpt={ckpt}", "eval=lfw", few, "flip=false"))
-    from_npz = evaluate.evaluate(eval_cfg(tmp_path / "eval-npz-few", f"embeddings={npz}", "eval=lfw", few))
+    direct = evaluate_cli.main(eval_cfg(tmp_path / "eval-ckpt", f"ckpt={ckpt}", "eval=lfw", few, "flip=false"))
+    from_npz = evaluate_cli.main(eval_cfg(tmp_path / "eval-npz-few", f"embeddings={npz}", "eval=lfw", few))
     assert direct["n_pairs"] == from_npz["n_pairs"] == 40
     assert direct["accuracy_mean"] == pytest.approx(from_npz["accuracy_mean"], abs=0.02)
     assert direct["auc"] == pytest.approx(from_npz["auc"], abs=1e-3)
@@ -58,7 +59,7 @@ def test_raw_pixels_of_another_model_score_like_a_weak_baseline(view2_crops, dat
               for n in names]
     npz = tmp_path / "pixels.npz"
     np.savez(npz, names=np.asarray(names), embeddings=np.stack(pixels).reshape(len(names), -1).astype(np.float32))
-    metrics = evaluate.evaluate(eval_cfg(tmp_path, f"embeddings={npz}", "eval=lfw",
+    metrics = evaluate_cli.main(eval_cfg(tmp_path, f"embeddings={npz}", "eval=lfw",
                                          f"eval.pairs={data_dir}/lfw/pairs.txt", f"eval.max_pairs_per_fold={PER_FOLD}"))
     assert 0.58 <= metrics["accuracy_mean"] <= 0.72, metrics["accuracy_mean"]
     assert 0.55 <= metrics["auc"] <= 0.8
@@ -72,31 +73,31 @@ def test_missing_embeddings_are_one_clear_error(view2_crops, tmp_path, capsys):
     random = np.random.default_rng(0).normal(size=(len(names) - 10, 4)).astype(np.float32)
     np.savez(npz, names=np.asarray(names[10:]), embeddings=random)
     cfg = eval_cfg(tmp_path, f"embeddings={npz}", "eval=lfw", f"eval.max_pairs_per_fold={PER_FOLD}")
-    message = expect_input_error(capsys, evaluate.evaluate, cfg)
+    message = expect_input_error(capsys, evaluate_cli.main, cfg)
     assert f"10 of {len(names)} images" in message and names[0] in message and "allow_missing" in message
     bad = tmp_path / "bad.npz"
     np.savez(bad, features=np.ones((2, 2)))
-    message = expect_input_error(capsys, evaluate.evaluate, eval_cfg(tmp_path, f"embeddings={bad}", "eval=lfw"))
+    message = expect_input_error(capsys, evaluate_cli.main, eval_cfg(tmp_path, f"embeddings={bad}", "eval=lfw"))
     assert "`names`" in message and "`embeddings`" in message
     # with the opt-in, the pairs that can be scored are
-    metrics = evaluate.evaluate(eval_cfg(tmp_path, f"embeddings={npz}", "eval=lfw", "eval.allow_missing=true",
+    metrics = evaluate_cli.main(eval_cfg(tmp_path, f"embeddings={npz}", "eval=lfw", "eval.allow_missing=true",
                                          f"eval.max_pairs_per_fold={PER_FOLD}"))
     assert metrics["skipped_pairs"] > 0 and metrics["n_pairs"] + metrics["skipped_pairs"] == 20 * PER_FOLD
 
 
 def test_eval_pairs_is_the_pair_file_option(data_dir, tmp_path):
     cfg = eval_cfg(tmp_path, "embeddings=x.npz", "eval=lfw_view1", f"eval.pairs={data_dir}/lfw/pairs.txt")
-    eval_set = evaluate.build_eval_set(cfg.eval)
+    eval_set = scoring.build_eval_set(cfg.eval)
     assert eval_set.pairs_file.endswith("pairs.txt") and eval_set.name == "lfw_view1"
-    assert evaluate.build_eval_set(eval_cfg(tmp_path, "eval=ytf").eval).pairs_file.endswith("splits.txt")
+    assert scoring.build_eval_set(eval_cfg(tmp_path, "eval=ytf").eval).pairs_file.endswith("splits.txt")
 
 
 def test_ytf_scores_the_available_pair_only_with_the_opt_in(checkpoints, tmp_path, capsys):
     ckpt = checkpoints["similarity"]
     cfg = eval_cfg(tmp_path, f"ckpt={ckpt}", "eval=ytf", "eval.max_frames=3")
-    message = expect_input_error(capsys, evaluate.evaluate, cfg)
+    message = expect_input_error(capsys, evaluate_cli.main, cfg)
     assert "missing" in message and "eval.allow_missing=true" in message
-    metrics = evaluate.evaluate(eval_cfg(tmp_path, f"ckpt={ckpt}", "eval=ytf", "eval.allow_missing=true",
+    metrics = evaluate_cli.main(eval_cfg(tmp_path, f"ckpt={ckpt}", "eval=ytf", "eval.allow_missing=true",
                                          "eval.max_frames=3"))
     assert metrics["n_pairs"] == 1 and metrics["skipped_pairs"] == 4999 and metrics["n_same"] == 1
     assert metrics["auc"] is None and metrics["eer"] is None
@@ -108,5 +109,5 @@ def test_ytf_scores_the_available_pair_only_with_the_opt_in(checkpoints, tmp_pat
     npz = tmp_path / "ytf.npz"
     frames = ["Alek_Wek/1/1.10.jpg", "Alek_Wek/1/1.20.jpg", "Alek_Wek/4/4.5.jpg"]
     np.savez(npz, names=np.asarray(frames), embeddings=np.eye(3, 4, dtype=np.float32))
-    metrics = evaluate.evaluate(eval_cfg(tmp_path, f"embeddings={npz}", "eval=ytf", "eval.allow_missing=true"))
+    metrics = evaluate_cli.main(eval_cfg(tmp_path, f"embeddings={npz}", "eval=ytf", "eval.allow_missing=true"))
     assert metrics["n_pairs"] == 1 and metrics["skipped_pairs"] == 4999

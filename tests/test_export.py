@@ -67,18 +67,18 @@ def test_export_cli(checkpoints, tmp_path):
 
     ckpt = tmp_path / "model.ckpt"
     shutil.copy(checkpoints["affine"], ckpt)
-    result = run_cli(["stn_face.export", f"ckpt={ckpt}", "format=onnx"], env=CLI_ENV)
+    result = run_cli(["stn_face.cli.export", f"ckpt={ckpt}", "format=onnx"], env=CLI_ENV)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "model.onnx").is_file()  # beside the checkpoint by default
     assert "check: max |exported - PyTorch|" in result.stdout
 
 
 def test_export_input_errors(checkpoints, capsys):
-    from stn_face import export as export_cli
+    from stn_face.cli import export as export_cli
 
-    message = expect_input_error(capsys, export_cli.run, compose_cli(
+    message = expect_input_error(capsys, export_cli.main, compose_cli(
         "export", [f"ckpt={checkpoints['affine']}", "format=tflite"]))
     assert "format=tflite is unknown" in message
-    message = expect_input_error(capsys, export_cli.run, compose_cli(
+    message = expect_input_error(capsys, export_cli.main, compose_cli(
         "export", [f"ckpt={checkpoints['affine']}", "opset=13"]))
     assert "opset" in message

@@ -33,7 +33,7 @@ def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def test_killed_run_resumes_exactly(lfw_dir, tmp_path):
     """8 steps straight vs. killed (SIGKILL) after the step-4 checkpoint and resumed with ckpt_path=last."""
-    args = ["stn_face.train", *SMOKE, "trainer.max_steps=8", "trainer.val_check_interval=8",
+    args = ["stn_face.cli.train", *SMOKE, "trainer.max_steps=8", "trainer.val_check_interval=8",
             "callbacks.periodic_checkpoint.every_n_train_steps=4", "seed=7"]
     straight = tmp_path / "straight"
     result = run_cli([*args, f"hydra.run.dir={straight}"])
@@ -179,7 +179,7 @@ def _no_traceback(result):
 
 
 def test_unknown_config_option_lists_valid_ones():
-    result = run_cli(["stn_face.train", "transform=homography"])
+    result = run_cli(["stn_face.cli.train", "transform=homography"])
     assert result.returncode != 0
     _no_traceback(result)
     for name in ("identity", "similarity", "affine", "projective"):
@@ -188,7 +188,7 @@ def test_unknown_config_option_lists_valid_ones():
 
 def test_missing_data_folder_names_path_and_fix(tmp_path):
     missing = tmp_path / "nowhere"
-    result = run_cli(["stn_face.train", *SMOKE], env={"STN_FACE_DATA": str(missing)})
+    result = run_cli(["stn_face.cli.train", *SMOKE], env={"STN_FACE_DATA": str(missing)})
     assert result.returncode == 2
     _no_traceback(result)
     assert str(missing) in result.stderr and "stn-face-data" in result.stderr
@@ -197,7 +197,7 @@ def test_missing_data_folder_names_path_and_fix(tmp_path):
 def test_empty_training_folder_is_explained(tmp_path, lfw_dir):
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = run_cli(["stn_face.train", *SMOKE, "data=folder", f"data.root={empty}"])
+    result = run_cli(["stn_face.cli.train", *SMOKE, "data=folder", f"data.root={empty}"])
     assert result.returncode == 2
     _no_traceback(result)
     assert str(empty) in result.stderr and "stn-face-prepare" in result.stderr
@@ -207,7 +207,7 @@ def test_pair_file_with_missing_images_says_how_many_and_which(tmp_path, lfw_dir
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("2\nAaron_Peirsol\t1\t2\nNo_Such_Person\t1\t3\nAaron_Peirsol\t1\tAbel_Pacheco\t1\n"
                      "Nobody_Else\t4\tAaron_Peirsol\t2\n")
-    result = run_cli(["stn_face.train", *SMOKE, f"eval.pairs_file={pairs}"])
+    result = run_cli(["stn_face.cli.train", *SMOKE, f"eval.pairs_file={pairs}"])
     assert result.returncode == 2
     _no_traceback(result)
     assert "No_Such_Person" in result.stderr and "2" in result.stderr
@@ -215,10 +215,10 @@ def test_pair_file_with_missing_images_says_how_many_and_which(tmp_path, lfw_dir
 
 def test_checkpoint_of_another_architecture_is_explained(tmp_path, lfw_dir):
     first = tmp_path / "tiny"
-    result = run_cli(["stn_face.train", *SMOKE, "trainer.max_steps=1", "trainer.val_check_interval=1",
+    result = run_cli(["stn_face.cli.train", *SMOKE, "trainer.max_steps=1", "trainer.val_check_interval=1",
                       f"hydra.run.dir={first}"])
     assert result.returncode == 0, result.stderr[-2000:]
-    result = run_cli(["stn_face.train", *SMOKE, "backbone=small", f"ckpt_path={first}/checkpoints/last.ckpt",
+    result = run_cli(["stn_face.cli.train", *SMOKE, "backbone=small", f"ckpt_path={first}/checkpoints/last.ckpt",
                       f"hydra.run.dir={tmp_path / 'small'}"])
     assert result.returncode == 2
     _no_traceback(result)
@@ -228,7 +228,7 @@ def test_checkpoint_of_another_architecture_is_explained(tmp_path, lfw_dir):
 def test_ddp_rank_failure_ends_every_rank(lfw_dir, tmp_path):
     """A crash on rank 1 ends the whole 2-process run with the error, well within the DDP timeout."""
     start = time.monotonic()
-    result = run_cli(["stn_face.train", *SMOKE, "trainer=ddp_cpu", "trainer.max_steps=6",
+    result = run_cli(["stn_face.cli.train", *SMOKE, "trainer=ddp_cpu", "trainer.max_steps=6",
                       "trainer.val_check_interval=6", "+callbacks.fault._target_=tests.faults.RaiseOnRank",
                       f"hydra.run.dir={tmp_path}"], timeout=400)
     elapsed = time.monotonic() - start

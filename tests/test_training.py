@@ -63,7 +63,7 @@ SMOKE = ["experiment=smoke", "trainer.max_steps=6", "trainer.val_check_interval=
 
 
 def test_smoke_experiment_cli(lfw_dir, tmp_path):
-    result = run_cli(["stn_face.train", *SMOKE, f"paths.log_dir={tmp_path}"])
+    result = run_cli(["stn_face.cli.train", *SMOKE, f"paths.log_dir={tmp_path}"])
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = _run_dirs(tmp_path)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -71,6 +71,8 @@ def test_smoke_experiment_cli(lfw_dir, tmp_path):
     assert 0.0 <= metrics["accuracy_mean"] <= 1.0 and 0.0 <= metrics["auc"] <= 1.0
     assert (run / ".hydra" / "config.yaml").exists() and (run / "roc_lfw_view1.png").stat().st_size > 5000
     assert (run / "checkpoints" / "last.ckpt").exists()
+    # one last.ckpt (no last-v1.ckpt from a second save_last callback) and the best checkpoint
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) == ["last.ckpt", "step000006.ckpt"]
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert len(ckpt["FaceDataModule"]["class_names"]) == 20
     # self-describing: the network rebuilds from the checkpoint alone (stn_face.embedder)
@@ -78,7 +80,7 @@ def test_smoke_experiment_cli(lfw_dir, tmp_path):
 
 
 def test_ddp_cpu_two_processes(lfw_dir, tmp_path):
-    result = run_cli(["stn_face.train", *SMOKE, "trainer=ddp_cpu", f"paths.log_dir={tmp_path}"])
+    result = run_cli(["stn_face.cli.train", *SMOKE, "trainer=ddp_cpu", f"paths.log_dir={tmp_path}"])
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = _run_dirs(tmp_path)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -88,7 +90,7 @@ def test_ddp_cpu_two_processes(lfw_dir, tmp_path):
 
 
 def test_four_job_transform_sweep(lfw_dir, tmp_path):
-    result = run_cli(["stn_face.train", "-m", *SMOKE, "trainer.max_steps=3", "trainer.val_check_interval=3",
+    result = run_cli(["stn_face.cli.train", "-m", *SMOKE, "trainer.max_steps=3", "trainer.val_check_interval=3",
                       "transform=identity,similarity,affine,projective", f"paths.log_dir={tmp_path}"], timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = _run_dirs(tmp_path)
@@ -105,18 +107,35 @@ def test_ddp_evaluation_equals_single_process(lfw_dir, tmp_path):
     """The same checkpoint scored on 1 process and on 2 DDP processes (gloo) gives identical metrics:
     DistributedSampler's padding duplicates are dropped before scoring."""
     base = [*SMOKE, "eval.max_pairs_per_fold=37"]
-    result = run_cli(["stn_face.train", *base, f"hydra.run.dir={tmp_path / 'train'}"])
+    result = run_cli(["stn_face.cli.train", *base, f"hydra.run.dir={tmp_path / 'train'}"])
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
     scores = {}
     for trainer in ("cpu", "ddp_cpu"):
         out = tmp_path / trainer
-        result = run_cli(["stn_face.train", *base, "train=false", f"ckpt_path={ckpt}", f"trainer={trainer}",
+        result = run_cli(["stn_face.cli.train", *base, "train=false", f"ckpt_path={ckpt}", f"trainer={trainer}",
                           "data.eval_batch_size=16", f"hydra.run.dir={out}"])
         assert result.returncode == 0, result.stderr[-3000:]
-        scores[trainer] = json.loads((out / "val_lfw_view1_metrics.json").read_text())
+        scores[trainer] = json.loads((out / "metrics.json").read_text())
     single, ddp = scores["cpu"], scores["ddp_cpu"]
     # 74 pairs of 129 distinct images: the 2-rank DistributedSampler pads one duplicate
     assert single["n_pairs"] == ddp["n_pairs"] == 74
     for key in ("accuracy_mean", "auc", "eer", "best_threshold", "fold_accuracies", "tar_at_far"):
         assert single[key] == ddp[key], key
+
+
+def test_validate_only_reports_the_set_asked_for_at_the_checkpoint_step(lfw_dir, tmp_path):
+    """``train=false ckpt_path=... eval=lfw``: metrics.json holds the LFW View 2 result at the top level
+    (not the checkpoint's stored View 1 validation) and the step of the checkpoint's weights."""
+    result = run_cli(["stn_face.cli.train", *SMOKE, f"hydra.run.dir={tmp_path / 'train'}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    out = tmp_path / "validate"
+    result = run_cli(["stn_face.cli.train", *SMOKE, "train=false", f"ckpt_path={ckpt}", "eval=lfw",
+                      "eval.max_pairs_per_fold=5", f"hydra.run.dir={out}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eval"] == "lfw" and metrics["kind"] == "validate"
+    assert metrics["n_pairs"] == 100 and metrics["pairs_file"].endswith("pairs.txt")
+    assert metrics["step"] == 6 and metrics["sets"]["lfw"]["step"] == 6
+    assert set(metrics["sets"]) == {"lfw"}

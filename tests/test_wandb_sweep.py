@@ -55,7 +55,7 @@ def read_offline_run(run_dir: Path) -> tuple[dict, dict[str, list]]:
 
 
 def test_wandb_offline_sweep_one_run_per_job(lfw_dir, tmp_path):
-    result = run_cli(["stn_face.train", "-m", "experiment=smoke", "logger=wandb", "transform=identity,projective",
+    result = run_cli(["stn_face.cli.train", "-m", "experiment=smoke", "logger=wandb", "transform=identity,projective",
                       "trainer.max_steps=4", "trainer.val_check_interval=4", "trainer.log_every_n_steps=2",
                       "eval.max_pairs_per_fold=20", "trainer.enable_progress_bar=false",
                       f"paths.log_dir={tmp_path}"],

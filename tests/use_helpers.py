@@ -42,7 +42,7 @@ def _build_one(family: str, out: Path, small: Path) -> Path:
 
     from stn_face.data.datamodule import FaceDataModule
     from stn_face.evaluation.callbacks import VerificationCallback
-    from stn_face.train import model_config
+    from stn_face.checkpoint import model_config
     from tests.helpers import LFW_TRAIN_PEOPLE
     from tests.test_configs import compose_train
 

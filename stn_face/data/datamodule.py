@@ -14,6 +14,7 @@ from stn_face.data.datasets import FaceImageDataset, scan_identity_folders
 from stn_face.data.eval_sets import VerificationSet
 from stn_face.data.sampling import ResumableShuffleSampler
 from stn_face.data.transforms import eval_transform, train_transform
+from stn_face.errors import MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +105,12 @@ class FaceDataModule(L.LightningDataModule):
             if not self.raw_root.is_dir():
                 from stn_face.paths import HOW_TO_GET_DATA
 
-                raise FileNotFoundError(f"raw training photos not found at {self.raw_root}. {HOW_TO_GET_DATA}")
-            from stn_face.data.prepare import prepare_collection
+                raise MissingInputError(f"raw training photos not found at {self.raw_root}. {HOW_TO_GET_DATA}")
+            from stn_face.data.prepare import CropSettings, prepare_collection
 
-            prepare_collection(self.raw_root, self.root, files=self._raw_files(), workers=self.prepare_workers,
-                               **self.crop)
+            settings, options = CropSettings.split(self.crop)
+            prepare_collection(self.raw_root, self.root, settings, files=self._raw_files(),
+                               workers=self.prepare_workers, replace_stale=True, **options)
         for eval_set in self.eval_sets:
             eval_set.load().prepare(self.crop, workers=self.prepare_workers)
 

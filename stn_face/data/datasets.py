@@ -12,13 +12,14 @@ import torch
 from torch.utils.data import Dataset
 
 from stn_face.data.images import ImageReadError, read_rgb
+from stn_face.errors import InputError
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class EmptyDatasetError(ValueError):
+class EmptyDatasetError(InputError, ValueError):
     """A dataset folder holds no usable images."""
 
 

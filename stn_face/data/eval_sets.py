@@ -24,6 +24,7 @@ from stn_face.data.protocols import (
     read_ytf_splits,
     unique_images,
 )
+from stn_face.errors import MissingInputError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -105,7 +106,7 @@ class VerificationSet:
         frames = sorted((p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS),
                         key=lambda p: _frame_number(p.name))
         if not frames:
-            raise FileNotFoundError(f"YTF video folder {folder} holds no frames")
+            raise MissingInputError(f"YTF video folder {folder} holds no frames")
         if self.max_frames is not None and len(frames) > self.max_frames:
             picks = np.linspace(0, len(frames) - 1, self.max_frames).round().astype(int)
             frames = [frames[i] for i in picks]
@@ -113,10 +114,11 @@ class VerificationSet:
 
     def prepare(self, crop: dict[str, Any], workers: int = 2, progress: bool = True) -> None:
         """Detect and crop every needed image into ``prepared_root`` (cached: done files are skipped)."""
-        from stn_face.data.prepare import prepare_collection
+        from stn_face.data.prepare import CropSettings, prepare_collection
 
-        prepare_collection(self.image_root, self.prepared_root, files=self.sources, workers=workers,
-                           progress=progress, **crop)
+        settings, options = CropSettings.split(crop)
+        prepare_collection(self.image_root, self.prepared_root, settings, files=self.sources, workers=workers,
+                           progress=progress, replace_stale=True, **options)
 
     def resolve(self) -> VerificationSet:
         """Map every source image to its prepared crop; failed images are an error naming them."""
@@ -125,7 +127,7 @@ class VerificationSet:
         crops = crop_path_map(self.prepared_root)
         missing = [s for s in self.sources if s not in crops]
         if missing:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{self.name}: {len(missing)} of {len(self.sources)} images have no prepared crop in "
                 f"{self.prepared_root} (first: {missing[:3]}); see its manifest.csv for the reasons, "
                 "or delete the folder to prepare it again"

@@ -24,10 +24,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from stn_face.errors import InputError
+
 DEFAULT_MAX_PIXELS = 40_000_000
 
 
-class ImageReadError(Exception):
+class ImageReadError(InputError):
     """An image file could not be turned into an RGB array; ``reason`` says why in a few words."""
 
     def __init__(self, reason: str, path: str | os.PathLike | None = None) -> None:

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from stn_face.errors import InputError, MissingInputError
+
 __all__ = [
     "MissingImagesError",
     "Pair",
@@ -63,11 +65,11 @@ class Person:
     fold: int
 
 
-class ProtocolFormatError(ValueError):
+class ProtocolFormatError(InputError, ValueError):
     """A protocol file does not have the expected format; the message names the file and line."""
 
 
-class MissingImagesError(FileNotFoundError):
+class MissingImagesError(MissingInputError):
     """Images (or YTF video folders) named by a protocol are not under the image root."""
 
 
@@ -83,7 +85,7 @@ def lfw_image_path(name: str, index: int) -> str:
 def _numbered_lines(path: Path) -> list[tuple[int, str]]:
     """Non-blank lines of a text file with their 1-based line numbers, right-stripped."""
     if not path.is_file():
-        raise FileNotFoundError(f"protocol file not found: {path}")
+        raise MissingInputError(f"protocol file not found: {path}")
     with path.open("r", encoding="utf-8") as handle:
         return [(number, line.rstrip("\r\n")) for number, line in enumerate(handle, 1) if line.strip()]
 

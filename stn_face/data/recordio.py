@@ -21,11 +21,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from stn_face.errors import InputError, MissingInputError
+
 MAGIC = 0xCED7230A
 _HEADER = struct.Struct("<IfQQ")
 
 
-class RecordIOError(ValueError):
+class RecordIOError(InputError, ValueError):
     """A ``.rec``/``.idx``/``.bin`` file is not in the expected format."""
 
 
@@ -79,7 +81,7 @@ class RecordReader:
         self.rec_path = Path(rec_path)
         idx_path = Path(idx_path) if idx_path else self.rec_path.with_suffix(".idx")
         if not self.rec_path.is_file() or not idx_path.is_file():
-            raise FileNotFoundError(f"RecordIO needs both {self.rec_path} and {idx_path}")
+            raise MissingInputError(f"RecordIO needs both {self.rec_path} and {idx_path}")
         self.index = read_index(idx_path)
         self._file = open(self.rec_path, "rb")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import lightning as L
 import numpy as np
 
 from stn_face.evaluation.collect import FeatureCollector
-from stn_face.evaluation.verification import save_roc_npz, set_metrics
+from stn_face.evaluation.verification import set_metrics
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +23,11 @@ class VerificationCallback(L.Callback):
     Each rank embeds its share of the images; features are gathered without the padding duplicates
     of DistributedSampler, so a 2-process run scores exactly what a 1-process run scores. Logs
     ``val/<set>_acc``, ``_acc_std``, ``_auc``, ``_eer``, ``_tar@far=1e-3`` and the best accuracy so
-    far; writes ``<set>_metrics.json``, ``roc_<set>.npz`` and ``roc_<set>.png`` to ``output_dir``
-    (rank 0) and logs the ROC picture to the logger. The best metrics (with the calibrated
-    threshold) are saved in checkpoints.
+    far; writes ``metrics.json`` (the sets scored so far, :mod:`stn_face.evaluation.artifacts`),
+    ``roc_<set>.npz`` and ``roc_<set>.png`` to ``output_dir`` (rank 0) and logs the ROC picture to the
+    logger. The best metrics (with the calibrated threshold) are saved in checkpoints; an evaluation
+    without training (``validate``/``test``) starts with no latest metrics, so only what it scored is
+    reported, at the step of the checkpoint it scored.
     """
 
     def __init__(self, output_dir: str | None = None, log_fpr: bool = True, published_roc_dir: str | None = None,
@@ -45,6 +46,8 @@ class VerificationCallback(L.Callback):
         return list(getattr(datamodule, "eval_sets", []) or [])
 
     def _start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._fitting(trainer):
+            self.latest = {}  # a checkpoint's restored values describe another evaluation
         self.collectors = [FeatureCollector().to(pl_module.device) for _ in self._eval_sets(trainer)]
 
     def _collect(self, outputs: Any, dataloader_idx: int) -> None:
@@ -72,6 +75,15 @@ class VerificationCallback(L.Callback):
         self._finish(trainer, pl_module, "test")
 
     # ---------------------------------------------------------------------------------------- score
+    @staticmethod
+    def _fitting(trainer: L.Trainer) -> bool:
+        return trainer.state.fn == "fit"
+
+    def _step(self, trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+        """The optimiser step of the weights being scored: a checkpoint's own step outside fitting."""
+        loaded = getattr(pl_module, "loaded_step", None)
+        return trainer.global_step if self._fitting(trainer) or loaded is None else int(loaded)
+
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for eval_set, collector in zip(self._eval_sets(trainer), self.collectors):
             indices, features = collector.compute()
@@ -82,7 +94,7 @@ class VerificationCallback(L.Callback):
                             eval_set.name, indices.numel(), expected)
                 continue
             metrics, (fpr, tpr) = set_metrics(eval_set, features.cpu().numpy())
-            metrics["epoch"], metrics["step"] = trainer.current_epoch, trainer.global_step
+            metrics["epoch"], metrics["step"] = trainer.current_epoch, self._step(trainer, pl_module)
             self.latest[eval_set.name] = metrics
             best = self.best.get(eval_set.name)
             if best is None or metrics["accuracy_mean"] >= best["accuracy_mean"]:
@@ -97,24 +109,33 @@ class VerificationCallback(L.Callback):
             pl_module.log_dict(values, sync_dist=False, batch_size=1, add_dataloader_idx=False)
             if trainer.is_global_zero:
                 self._write(trainer, stage, name, metrics, fpr, tpr)
+        if trainer.is_global_zero and self.latest:
+            self._write_record(trainer, pl_module)
+
+    def _output_dir(self, trainer) -> Path:
+        return Path(self.output_dir or trainer.default_root_dir)
 
     def _write(self, trainer, stage: str, name: str, metrics: dict, fpr: np.ndarray, tpr: np.ndarray) -> None:
-        out = Path(self.output_dir or trainer.default_root_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"{stage}_{name}_metrics.json").write_text(json.dumps(metrics, indent=2))
-        save_roc_npz(out / f"roc_{name}.npz", fpr, tpr)
-        if not self.plot or fpr.size == 0:
-            return
-        from stn_face.evaluation.plots import load_published_rocs, plot_roc
-        from stn_face.loggers import log_image_file
+        from stn_face.evaluation.artifacts import write_roc
 
-        published = None
-        if self.published_roc_dir and Path(self.published_roc_dir).is_dir() and name.startswith("lfw"):
-            published = load_published_rocs(self.published_roc_dir)
-        label = f"{name} (acc {100 * metrics['accuracy_mean']:.2f}%, AUC {metrics['auc'] or float('nan'):.3f})"
-        png = plot_roc({label: (fpr, tpr)}, out / f"roc_{name}.png", log_fpr=self.log_fpr, published=published,
-                       title=f"{name} ROC, step {trainer.global_step}")
-        log_image_file(trainer, f"{stage}/roc_{name}", png)
+        written = write_roc(self._output_dir(trainer), name, fpr, tpr, metrics, log_fpr=self.log_fpr,
+                            published_roc_dir=self.published_roc_dir, plot=self.plot,
+                            title=f"{name} ROC, step {metrics['step']}")
+        if len(written) > 1:
+            from stn_face.training.loggers import log_image_file
+
+            log_image_file(trainer, f"{stage}/roc_{name}", written[-1])
+
+    def _write_record(self, trainer, pl_module) -> None:
+        """``metrics.json`` as far as the run has got (the training job rewrites it when it ends)."""
+        from stn_face.evaluation.artifacts import metrics_record, write_metrics
+
+        names = [s.name for s in self._eval_sets(trainer)]
+        primary = next((n for n in names if n in self.latest), None)
+        kind = "train" if self._fitting(trainer) else "validate"
+        extra = {"best": self.best} if kind == "train" else {}
+        write_metrics(self._output_dir(trainer), metrics_record(self.latest, primary, kind=kind,
+                                                                step=self._step(trainer, pl_module), **extra))
 
     # ---------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:

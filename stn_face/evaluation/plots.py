@@ -20,6 +20,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from stn_face.errors import MissingInputError
+
 __all__ = ["load_published_rocs", "plot_roc", "read_published_roc"]
 
 Curve = tuple[np.ndarray, np.ndarray]
@@ -59,7 +61,7 @@ def load_published_rocs(directory: str | Path) -> dict[str, Curve]:
     """Every ``*.txt`` ROC in ``directory``, keyed by file stem, in name order."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"published ROC folder not found: {directory}")
+        raise MissingInputError(f"published ROC folder not found: {directory}")
     return {path.stem: read_published_roc(path) for path in sorted(directory.glob("*.txt"))}
 
 

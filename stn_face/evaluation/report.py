@@ -1,30 +1,20 @@
 """Collect the ``metrics.json`` files of many runs into one table shaped like the paper's Table 3.
 
-Conventions, shared with the evaluation entry point:
-
-- A run writes ``metrics.json`` holding one verification summary per benchmark, keyed by benchmark
-  name: ``{"lfw": evaluate_verification(...), "ytf": {...}}`` (see :func:`save_metrics_json`), or
-  the training entry point's layout (flat primary summary, ``"eval"``, every set under ``"sets"``).
-  ``<stage>_<benchmark>_metrics.json`` files (the verification callback's) are merged in, ``test_``
-  over ``val_``. See :func:`read_metrics`. Accuracies are fractions in [0, 1].
-- Beside it, ``roc_<benchmark>.npz`` (e.g. ``roc_lfw.npz``) holds the ROC arrays ``fpr`` and ``tpr``
-  (:func:`stn_face.evaluation.verification.save_roc_npz`).
+- Result files are read through :mod:`stn_face.evaluation.artifacts` (the owner of ``metrics.json``
+  and ``roc_<set>.npz``). Accuracies are fractions in [0, 1].
 - The run's settings come from the nearest ``.hydra/`` folder at or above the metrics file:
   ``hydra.yaml`` (``hydra.runtime.choices``), then ``overrides.yaml``, then ``config.yaml``
   (``transform.name`` or ``transform._target_``, ``localization``, ``data.name``). Missing fields
   show as ``-``.
 
-Usage: ``stn-face-report DIR [--out DIR] [--published DIR]`` (or ``python -m
-stn_face.evaluation.report``) writes ``table.md``, ``table.csv`` and ``roc.png``.
+Command: ``stn-face-report DIR [--out DIR] [--published DIR]`` (:mod:`stn_face.cli.report`) writes
+``table.md``, ``table.csv`` and ``roc.png``.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import math
-import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,13 +23,20 @@ from typing import Any
 
 import yaml
 
+from stn_face.evaluation.artifacts import (
+    METRICS_FILE,
+    ROC_FILE,
+    read_metrics,
+    read_run_metrics,
+    save_metrics_json,
+)
+
 __all__ = [
     "METRICS_FILE",
     "PAPER_TABLE3",
     "ROC_FILE",
     "Run",
     "find_runs",
-    "main",
     "read_metrics",
     "save_metrics_json",
     "table_rows",
@@ -47,9 +44,6 @@ __all__ = [
     "write_table",
 ]
 
-METRICS_FILE = "metrics.json"
-#: ROC file name pattern beside ``metrics.json``; ``{benchmark}`` is e.g. ``lfw`` or ``ytf``.
-ROC_FILE = "roc_{benchmark}.npz"
 
 #: Published accuracies (%) of the paper's Table 3 (trained on CASIA-WebFace): transform -> (LFW, YTF).
 PAPER_TABLE3: dict[str, tuple[float, float]] = {
@@ -76,87 +70,6 @@ class Run:
     def roc_path(self, benchmark: str = "lfw") -> Path | None:
         path = self.directory / ROC_FILE.format(benchmark=benchmark)
         return path if path.is_file() else None
-
-
-# --------------------------------------------------------------------------------------------------
-# Metrics files
-
-
-def _json_ready(value: Any) -> Any:
-    """Numpy scalars/arrays to Python, NaN/inf to None, so the file is strict JSON."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if hasattr(value, "tolist"):
-        return _json_ready(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def save_metrics_json(path: str | Path, metrics_by_benchmark: Mapping[str, Mapping[str, Any]]) -> Path:
-    """Write ``{"lfw": summary, "ytf": summary, ...}`` as strict JSON (the report's input)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_ready(metrics_by_benchmark), indent=2, allow_nan=False) + "\n")
-    return path
-
-
-_STAGES = ("test", "val", "validate")
-_NOT_BENCHMARKS = ("sets", "best", "train")
-
-
-def _file_benchmark(path: Path) -> tuple[str | None, str | None]:
-    """``(stage, benchmark)`` from a file name ``[<stage>_]<benchmark>_metrics.json`` (None if absent)."""
-    stem = path.name[: -len(METRICS_FILE)].rstrip("_")
-    if not stem:
-        return None, None
-    stage, _, rest = stem.partition("_")
-    return (stage, rest or None) if stage in _STAGES else (None, stem)
-
-
-def read_metrics(path: str | Path) -> dict[str, dict[str, Any]]:
-    """A metrics file as ``{benchmark: summary}``.
-
-    Accepted layouts: ``{"lfw": summary, "ytf": summary}``; the training entry point's flat primary
-    summary with ``"eval": name`` and every set under ``"sets"``; a flat summary (benchmark from its
-    ``"benchmark"`` field, else from a file name ``[<stage>_]<benchmark>_metrics.json``, else
-    ``lfw``); and logged keys like ``"lfw/accuracy_mean"``. ``"best"`` and ``"train"`` are ignored.
-    """
-    path = Path(path)
-    raw = json.loads(path.read_text())
-    if not isinstance(raw, dict):
-        raise TypeError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-    result: dict[str, dict[str, Any]] = {}
-    sets = raw.get("sets")
-    if isinstance(sets, dict):
-        result.update({str(k): v for k, v in sets.items() if isinstance(v, dict)})
-    if "accuracy_mean" in raw:
-        name = raw.get("eval") or raw.get("benchmark") or _file_benchmark(path)[1] or "lfw"
-        result.setdefault(str(name), raw)
-    for key, value in raw.items():
-        if key in _NOT_BENCHMARKS:
-            continue
-        if isinstance(value, dict) and "accuracy_mean" in value:
-            result.setdefault(key, value)
-        elif "/" in key:
-            benchmark, name = key.rsplit("/", 1)
-            result.setdefault(benchmark, {})[name] = value
-    return result
-
-
-def _read_run_metrics(paths: Sequence[Path]) -> dict[str, dict[str, Any]]:
-    """Merge a run folder's metrics files: ``metrics.json`` and ``test_*`` over ``val_*`` ones."""
-
-    def rank(path: Path) -> int:
-        stage = _file_benchmark(path)[0]
-        return 0 if stage in ("val", "validate") else 1
-
-    merged: dict[str, dict[str, Any]] = {}
-    for path in sorted(paths, key=lambda p: (rank(p), p.name)):
-        merged.update(read_metrics(path))
-    return merged
 
 
 # --------------------------------------------------------------------------------------------------
@@ -266,7 +179,7 @@ def find_runs(root: str | Path) -> list[Run]:
             by_folder.setdefault(path.parent, []).append(path)
     runs = []
     for folder, paths in sorted(by_folder.items()):
-        metrics = _read_run_metrics(paths)
+        metrics = read_run_metrics(paths)
         if not metrics:
             continue
         settings = _read_settings(folder, root)
@@ -455,46 +368,3 @@ def write_roc_figure(
     if not curves:
         return None
     return plot_roc(curves, path, published=published, title=f"{benchmark.upper()} ROC")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="stn-face-report",
-        description="Collect metrics.json files under DIR into table.md, table.csv and roc.png.",
-    )
-    parser.add_argument("dir", type=Path, help="a Hydra multirun folder (or any folder) holding runs")
-    parser.add_argument("--out", type=Path, default=None, help="where to write the outputs (default: DIR)")
-    parser.add_argument(
-        "--published",
-        type=Path,
-        default=None,
-        help="folder of published LFW ROC files to draw too, e.g. $STN_FACE_DATA/lfw/published-roc",
-    )
-    parser.add_argument("--far", default="1e-3", help="the TAR@FAR column, as a metrics key (default 1e-3)")
-    args = parser.parse_args(argv)
-
-    if not args.dir.is_dir():
-        parser.error(f"{args.dir} is not a folder")
-    runs = find_runs(args.dir)
-    if not runs:
-        print(f"no {METRICS_FILE} found under {args.dir}", file=sys.stderr)
-        return 1
-    out = args.out or args.dir
-    rows = table_rows(runs, args.dir, far=args.far)
-    md_path, csv_path = write_table(rows, out, far=args.far)
-    published = None
-    if args.published is not None:
-        from stn_face.evaluation.plots import load_published_rocs
-
-        published = load_published_rocs(args.published)
-    roc_path = write_roc_figure(runs, Path(out) / "roc.png", args.dir, published=published)
-    print(md_path.read_text())
-    print(
-        f"wrote {md_path}, {csv_path}"
-        + (f", {roc_path}" if roc_path else " (no roc_lfw.npz found: no roc.png)")
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -471,6 +471,11 @@ def set_metrics(eval_set: Any, features: np.ndarray) -> tuple[dict[str, Any], tu
     scores = np.round(scores, 6)
     metrics = evaluate_verification(scores, labels, folds)
     metrics["skipped_pairs"] = int(getattr(eval_set, "skipped_pairs", 0))
+    # what was scored, so a result file says it without the config: the set, its pair file and any limit
+    metrics["eval"] = getattr(eval_set, "name", None)
+    pairs_file = getattr(eval_set, "pairs_file", None)
+    metrics["pairs_file"] = None if pairs_file is None else str(pairs_file)
+    metrics["max_pairs_per_fold"] = getattr(eval_set, "max_pairs_per_fold", None)
     if labels.all() or not labels.any():  # one class only (e.g. a partial YTF): no ROC exists
         return metrics, (np.zeros(0), np.zeros(0))
     fpr, tpr, _ = roc_curve(scores, labels)

@@ -11,7 +11,9 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-from stn_face.evaluation.report import find_runs, main, read_metrics, save_metrics_json
+from stn_face.cli.report import main
+from stn_face.evaluation.artifacts import read_metrics, save_metrics_json
+from stn_face.evaluation.report import find_runs
 from stn_face.evaluation.verification import evaluate_verification, roc_curve, save_roc_npz
 
 SEPARATIONS = {"identity": 1.0, "similarity": 1.5, "affine": 2.0, "projective": 2.5}

@@ -12,27 +12,21 @@ Example::
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-import hydra
-import numpy as np
-from omegaconf import DictConfig
-
-from stn_face.config import CONF_DIR
-from stn_face.errors import friendly_errors
+from stn_face.cli.entry import hydra_command, run_module
+from stn_face.errors import require_image_file, require_input
 
 USAGE = "usage: stn-face-verify ckpt=PATH a=IMAGE b=IMAGE [threshold=T] [save_aligned=DIR]"
 
 
-def load_face(embedder, path: str, cropped: bool, label: str) -> np.ndarray:
+def load_face(embedder, path: str, cropped: bool, label: str):
+    """The face of image ``path`` (option ``label``) as the network gets it: the photo's training crop,
+    or the image itself when ``cropped``."""
     from stn_face.data.images import ImageReadError, read_rgb
 
-    file = Path(path).expanduser()
     try:
-        image = read_rgb(file)
+        image = read_rgb(Path(path).expanduser())
     except ImageReadError as error:
         raise ImageReadError(f"{label}={path}: {error.reason}") from None
     if cropped:
@@ -43,14 +37,16 @@ def load_face(embedder, path: str, cropped: bool, label: str) -> np.ndarray:
     return face
 
 
-def run(cfg: DictConfig) -> dict:
+@hydra_command("verify")
+def main(cfg) -> dict:
+    import numpy as np
     from PIL import Image
 
-    from stn_face.cli_utils import require_image_file, require_input, resolve_checkpoint_path
+    from stn_face.paths import resolve_checkpoint
 
     for key in ("ckpt", "a", "b"):
         require_input(cfg.get(key), f"missing {key}=...; {USAGE}")
-    ckpt = resolve_checkpoint_path(cfg.ckpt)
+    ckpt = resolve_checkpoint(cfg.ckpt)
     for key in ("a", "b"):
         require_image_file(cfg[key], key)
     from stn_face.embedder import FaceEmbedder
@@ -82,11 +78,5 @@ def run(cfg: DictConfig) -> dict:
     return {"score": score, "threshold": threshold, "decision": decision}
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="verify")
-def main(cfg: DictConfig) -> None:
-    with friendly_errors():
-        run(cfg)
-
-
 if __name__ == "__main__":
-    main()
+    run_module(main)

@@ -1,0 +1,54 @@
+"""``stn-face-report DIR``: a Table-3-style table (``table.md``, ``table.csv``) and ``roc.png`` of the runs
+below DIR (a Hydra multirun folder or any folder of run folders)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from stn_face.cli.entry import argparse_command, run_module
+from stn_face.errors import InputError
+
+
+@argparse_command
+def main(argv: Sequence[str] | None = None) -> int:
+    from stn_face.evaluation.report import METRICS_FILE, find_runs, table_rows, write_roc_figure, write_table
+
+    parser = argparse.ArgumentParser(
+        prog="stn-face-report",
+        description="Collect metrics.json files under DIR into table.md, table.csv and roc.png.",
+    )
+    parser.add_argument("dir", type=Path, help="a Hydra multirun folder (or any folder) holding runs")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the outputs (default: DIR)")
+    parser.add_argument("--published", type=Path, default=None,
+                        help="folder of published LFW ROC files to draw too, e.g. $STN_FACE_DATA/lfw/published-roc")
+    parser.add_argument("--far", default="1e-3", help="the TAR@FAR column, as a metrics key (default 1e-3)")
+    args = parser.parse_args(argv)
+
+    if not args.dir.is_dir():
+        parser.error(f"{args.dir} is not a folder")
+    runs = find_runs(args.dir)
+    if not runs:
+        print(f"no {METRICS_FILE} found under {args.dir}", file=sys.stderr)
+        return 1
+    out = args.out or args.dir
+    rows = table_rows(runs, args.dir, far=args.far)
+    md_path, csv_path = write_table(rows, out, far=args.far)
+    published = None
+    if args.published is not None:
+        if not args.published.is_dir():
+            raise InputError(f"--published {args.published} is not a folder; pass the folder of published "
+                             "ROC files, e.g. $STN_FACE_DATA/lfw/published-roc")
+        from stn_face.evaluation.plots import load_published_rocs
+
+        published = load_published_rocs(args.published)
+    roc_path = write_roc_figure(runs, Path(out) / "roc.png", args.dir, published=published)
+    print(md_path.read_text())
+    print(f"wrote {md_path}, {csv_path}" + (f", {roc_path}" if roc_path else " (no roc_lfw.npz found: no roc.png)"))
+    return 0
+
+
+if __name__ == "__main__":
+    run_module(main)

@@ -1,0 +1,101 @@
+"""Build the datamodule, model, callbacks, loggers and trainer from a composed config; fit or validate;
+write ``metrics.json`` (:mod:`stn_face.evaluation.artifacts`). The command is ``stn-face-train``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+log = logging.getLogger("stn_face.train")
+
+
+def eval_set_configs(cfg: DictConfig) -> list[DictConfig]:
+    """The primary ``eval`` set first, then any ``extra_eval.<name>`` sets (e.g. YTF in the paper setting)."""
+    sets = [cfg.eval] if cfg.get("eval") else []
+    sets += list((cfg.get("extra_eval") or {}).values())
+    return sets
+
+
+def resolve_ckpt_path(value: str | None, cfg: DictConfig) -> str | None:
+    """``ckpt_path``: None to start afresh; ``last`` resumes ``<output_dir>/checkpoints/last.ckpt`` when it
+    exists (a fresh start otherwise, so the same command starts and resumes a run); a file or a run
+    folder names a checkpoint (:func:`stn_face.paths.resolve_checkpoint`)."""
+    from stn_face.paths import resolve_checkpoint
+
+    if value in (None, "", "null"):
+        return None
+    if value == "last":
+        path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        return str(path) if path.exists() else None
+    return str(resolve_checkpoint(value, option="ckpt_path"))
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit (``train=true``) or validate a checkpoint (``train=false``); returns the ``metrics.json`` record."""
+    from stn_face.checkpoint import check_compatible, model_config
+    from stn_face.training.loggers import finish_loggers, log_hyperparameters
+
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    eval_sets = [hydra.utils.instantiate(c) for c in eval_set_configs(cfg)]
+    # passed after instantiation: Hydra would turn the dataclass objects back into configs
+    datamodule = hydra.utils.instantiate(cfg.data, _partial_=True)(eval_sets=eval_sets)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        datamodule.prepare_data()
+    datamodule.setup("fit")
+    model = hydra.utils.instantiate(cfg.model, num_classes=datamodule.num_classes)
+    model.model_config = model_config(cfg)  # saved in checkpoints: they rebuild without the run dir
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    log_hyperparameters(trainer, cfg)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg)
+    if ckpt_path:
+        check_compatible(model, ckpt_path)
+    fitting = bool(cfg.get("train", True))
+    if fitting:
+        if ckpt_path:
+            log.info("resuming from %s", ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    else:
+        if not ckpt_path:
+            from stn_face.errors import InputError
+
+            raise InputError("train=false evaluates a checkpoint: give ckpt_path=PATH (a .ckpt file or a run folder)")
+        trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    if cfg.get("test", False):
+        trainer.test(model, datamodule=datamodule, ckpt_path=None if fitting else ckpt_path)
+    record = collect_metrics(trainer, callbacks, model, primary=eval_sets[0].name if eval_sets else None,
+                             kind="train" if fitting else "validate")
+    if trainer.is_global_zero:
+        from stn_face.evaluation.artifacts import write_metrics
+
+        path = write_metrics(cfg.paths.output_dir, record)
+        log.info("metrics written to %s", path)
+    finish_loggers(trainer)
+    return record
+
+
+def collect_metrics(trainer: L.Trainer, callbacks: list, model, primary: str | None, kind: str) -> dict[str, Any]:
+    """The run's ``metrics.json`` record: the sets scored in this run (the primary one at the top), the best
+    per set (training), the final logged training values and the step of the scored weights."""
+    from stn_face.evaluation.artifacts import metrics_record
+    from stn_face.evaluation.callbacks import VerificationCallback
+
+    verification = next((c for c in callbacks if isinstance(c, VerificationCallback)), None)
+    sets = dict(verification.latest) if verification is not None else {}
+    extra: dict[str, Any] = {}
+    if kind == "train":
+        extra["best"] = verification.best if verification is not None else {}
+        extra["train"] = {k: float(v) for k, v in trainer.callback_metrics.items()
+                          if k.startswith(("train/", "transform/")) and v.numel() == 1}
+    extra["step"] = trainer.global_step if kind == "train" else model.loaded_step
+    extra["global_step"] = extra["step"]
+    extra["skipped_steps"] = getattr(model, "skipped_steps", 0)
+    return metrics_record(sets, primary if primary in sets else None, kind=kind, **extra)
