@@ -101,6 +101,10 @@ class FaceDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Run MTCNN preparation of the training photos and of every verification set (rank 0 only)."""
+        self.prepare_train_data()
+        self.prepare_eval_data()
+
+    def prepare_train_data(self) -> None:
         if self.raw_root is not None:
             if not self.raw_root.is_dir():
                 from stn_face.paths import HOW_TO_GET_DATA
@@ -111,6 +115,8 @@ class FaceDataModule(L.LightningDataModule):
             settings, options = CropSettings.split(self.crop)
             prepare_collection(self.raw_root, self.root, settings, files=self._raw_files(),
                                workers=self.prepare_workers, replace_stale=True, **options)
+
+    def prepare_eval_data(self) -> None:
         for eval_set in self.eval_sets:
             eval_set.load().prepare(self.crop, workers=self.prepare_workers)
 
@@ -128,6 +134,8 @@ class FaceDataModule(L.LightningDataModule):
             for eval_set in self.eval_sets:
                 if not eval_set.pairs:
                     eval_set.load()
+                if self.class_names:  # never score the training people silently (VerificationSet docs)
+                    eval_set.check_training_identities(self.class_names)
                 eval_set.resolve()
                 if self.eval_jitter:
                     from stn_face.data.jitter import JitteredFaceDataset

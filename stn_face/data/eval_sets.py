@@ -9,7 +9,7 @@ training images; the prepared crops are cached and reused between runs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,10 +24,15 @@ from stn_face.data.protocols import (
     read_ytf_splits,
     unique_images,
 )
-from stn_face.errors import MissingInputError
+from stn_face.errors import InputError, MissingInputError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class IdentityOverlapError(InputError):
+    """An evaluation set shares people with the model's training set (see ``check_training_identities``)."""
+
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -39,6 +44,14 @@ class VerificationSet:
     ``prepared_root`` receives the face crops; ``max_pairs`` keeps the first pairs of every fold
     (quick checks); ``max_frames`` evenly subsamples each YTF video; ``allow_missing`` scores only
     pairs whose images exist instead of failing.
+
+    A model must not be scored on the people it was trained on without saying so
+    (:meth:`check_training_identities`): a pair whose person (the first path component, ``Name/...``)
+    is a training identity stops the evaluation with an :class:`IdentityOverlapError`, unless
+    ``exclude_training_identities`` (score only the disjoint pairs) or ``allow_identity_overlap``
+    (score all, marked as such in the results). Identities are matched by name; a training set with
+    other names (CASIA-WebFace's numeric ids) excludes LFW's people at preparation instead
+    (``CASIA_LFW_OVERLAP``).
     """
 
     name: str
@@ -49,7 +62,12 @@ class VerificationSet:
     max_pairs_per_fold: int | None = None
     max_frames: int | None = None
     allow_missing: bool = False
+    exclude_training_identities: bool = False
+    allow_identity_overlap: bool = False
     pairs: list[Pair] = field(default_factory=list, init=False)
+    #: pairs with a training identity (None: not checked, e.g. embeddings of an unknown model)
+    pairs_with_training_identities: int | None = field(default=None, init=False)
+    excluded_pairs: int = field(default=0, init=False)
     skipped_pairs: int = field(default=0, init=False)
     sources: list[str] = field(default_factory=list, init=False)
     groups: list[str] = field(default_factory=list, init=False)
@@ -101,6 +119,40 @@ class VerificationSet:
         self.item_group = np.asarray(item_group, dtype=np.int64)
         return items
 
+    def check_training_identities(self, training_names: Iterable[str]) -> VerificationSet:
+        """Count the loaded pairs that involve a training identity; stop, exclude them or record them.
+
+        Call after :meth:`load` and before :meth:`prepare`/:meth:`resolve`.
+        """
+        trained = set(training_names)
+        overlapping = [p for p in self.pairs if _person(p.left) in trained or _person(p.right) in trained]
+        self.pairs_with_training_identities = len(overlapping)
+        if not overlapping:
+            return self
+        same = sum(p.same for p in overlapping)
+        if self.exclude_training_identities:
+            dropped = {id(p) for p in overlapping}
+            kept = [p for p in self.pairs if id(p) not in dropped]
+            if not kept:
+                raise IdentityOverlapError(f"{self.name}: every pair involves a training identity; nothing is left "
+                                           "to score with eval.exclude_training_identities=true")
+            self.excluded_pairs = len(self.pairs) - len(kept)
+            log.warning("%s: %d of %d pairs (%d same-person) involve training identities and are excluded",
+                        self.name, self.excluded_pairs, len(self.pairs), same)
+            members = self._frames if self.protocol == "ytf" else (lambda group: [group])
+            self.sources = self.set_pairs(kept, members)
+            return self
+        if self.allow_identity_overlap:
+            log.warning("%s: %d of %d pairs involve training identities (allowed: the result is marked)",
+                        self.name, len(overlapping), len(self.pairs))
+            return self
+        raise IdentityOverlapError(
+            f"{self.name}: {len(overlapping)} of {len(self.pairs)} pairs ({same} same-person) involve people the "
+            f"model was trained on ({self.pairs_file}); accuracy on them is not a verification result. Use a "
+            "disjoint set (e.g. eval=lfw_view1, the DevTest pairs, for a model trained on LFW View 1), or "
+            "eval.exclude_training_identities=true to score only the disjoint pairs, or "
+            "eval.allow_identity_overlap=true to score all of them knowingly (marked in the results)")
+
     def _frames(self, video: str) -> list[str]:
         folder = Path(self.image_root) / video
         frames = sorted((p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS),
@@ -143,6 +195,11 @@ class VerificationSet:
         labels = np.array([p.same for p in self.pairs], dtype=bool)
         folds = np.array([p.fold for p in self.pairs], dtype=np.int64)
         return np.stack([left, right], axis=1), labels, folds
+
+
+def _person(item: str) -> str:
+    """The identity of a pair item: its first path component (``Name/Name_0001.jpg``, ``Name/1``)."""
+    return str(item).replace("\\", "/").split("/", 1)[0]
 
 
 def _first_per_fold(pairs: list[Pair], limit: int) -> list[Pair]:

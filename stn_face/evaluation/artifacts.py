@@ -194,5 +194,14 @@ def format_table(metrics: Mapping[str, Any]) -> str:
         rows.append(("best threshold", f"{metrics['best_threshold']:.4f}"))
     if skipped:
         rows.append(("skipped pairs", f"{skipped} of {skipped + (n_pairs or 0)} (images/videos missing)"))
+    if metrics.get("max_pairs_per_fold") is not None:
+        rows.append(("limited", f"first {metrics['max_pairs_per_fold']} same + different pairs of every fold only "
+                                "(eval.max_pairs_per_fold): not the whole protocol"))
+    if metrics.get("excluded_pairs"):
+        rows.append(("excluded", f"{metrics['excluded_pairs']} pairs with training identities "
+                                 "(eval.exclude_training_identities)"))
+    elif metrics.get("pairs_with_training_identities"):
+        rows.append(("OVERLAP", f"{metrics['pairs_with_training_identities']} pairs involve training identities "
+                                "(eval.allow_identity_overlap): not a verification result"))
     width = max(len(key) for key, _ in rows)
     return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)

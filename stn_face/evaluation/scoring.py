@@ -143,6 +143,7 @@ def score_checkpoint(eval_set, ckpt: str | Path, device: str = "cpu", crop: dict
     from stn_face.evaluation.verification import set_metrics
 
     embedder = FaceEmbedder.from_checkpoint(ckpt, device=device)
+    eval_set.check_training_identities(embedder.class_names)
     eval_set.prepare(crop or embedder.crop_settings, workers=prepare_workers, progress=progress)
     eval_set.resolve()
     features = embedder.embed_files(eval_set.items, batch_size=batch_size, progress=progress, flip=flip)

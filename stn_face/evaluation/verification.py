@@ -476,6 +476,11 @@ def set_metrics(eval_set: Any, features: np.ndarray) -> tuple[dict[str, Any], tu
     pairs_file = getattr(eval_set, "pairs_file", None)
     metrics["pairs_file"] = None if pairs_file is None else str(pairs_file)
     metrics["max_pairs_per_fold"] = getattr(eval_set, "max_pairs_per_fold", None)
+    # people the model was trained on (None: not checked, e.g. embeddings of an unknown model)
+    overlap = getattr(eval_set, "pairs_with_training_identities", None)
+    metrics["pairs_with_training_identities"] = overlap
+    metrics["excluded_pairs"] = int(getattr(eval_set, "excluded_pairs", 0))
+    metrics["identity_overlap_allowed"] = bool(overlap and not metrics["excluded_pairs"])
     if labels.all() or not labels.any():  # one class only (e.g. a partial YTF): no ROC exists
         return metrics, (np.zeros(0), np.zeros(0))
     fpr, tpr, _ = roc_curve(scores, labels)

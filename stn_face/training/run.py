@@ -38,36 +38,45 @@ def resolve_ckpt_path(value: str | None, cfg: DictConfig) -> str | None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (``train=true``) or validate a checkpoint (``train=false``); returns the ``metrics.json`` record."""
-    from stn_face.checkpoint import check_compatible, model_config
+    from stn_face.checkpoint import check_compatible, load_checkpoint, model_config
     from stn_face.training.loggers import finish_loggers, log_hyperparameters
 
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    fitting = bool(cfg.get("train", True))
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg)
+    if not fitting:
+        if not ckpt_path:
+            from stn_face.errors import InputError
+
+            raise InputError("train=false evaluates a checkpoint: give ckpt_path=PATH (a .ckpt file or a run folder)")
+        stored = load_checkpoint(ckpt_path)
+        use_checkpoint_network(cfg, stored)
     eval_sets = [hydra.utils.instantiate(c) for c in eval_set_configs(cfg)]
     # passed after instantiation: Hydra would turn the dataclass objects back into configs
     datamodule = hydra.utils.instantiate(cfg.data, _partial_=True)(eval_sets=eval_sets)
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-        datamodule.prepare_data()
-    datamodule.setup("fit")
+    if fitting:
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            datamodule.prepare_data()
+        datamodule.setup("fit")
+    else:  # the training photos are not needed: the identities (the head's size) come from the checkpoint
+        datamodule.class_names = list((stored.get("FaceDataModule") or {}).get("class_names") or [])
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            datamodule.prepare_eval_data()
+        datamodule.setup("validate")
     model = hydra.utils.instantiate(cfg.model, num_classes=datamodule.num_classes)
     model.model_config = model_config(cfg)  # saved in checkpoints: they rebuild without the run dir
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     log_hyperparameters(trainer, cfg)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg)
     if ckpt_path:
         check_compatible(model, ckpt_path)
-    fitting = bool(cfg.get("train", True))
     if fitting:
         if ckpt_path:
             log.info("resuming from %s", ckpt_path)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     else:
-        if not ckpt_path:
-            from stn_face.errors import InputError
-
-            raise InputError("train=false evaluates a checkpoint: give ckpt_path=PATH (a .ckpt file or a run folder)")
         trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path)
     if cfg.get("test", False):
         trainer.test(model, datamodule=datamodule, ckpt_path=None if fitting else ckpt_path)
@@ -80,6 +89,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("metrics written to %s", path)
     finish_loggers(trainer)
     return record
+
+
+def use_checkpoint_network(cfg: DictConfig, ckpt: dict[str, Any]) -> None:
+    """Evaluation of a checkpoint builds the network the checkpoint describes (its ``model_config``:
+    transform, localization, backbone, head, input size and crop), whatever the composed defaults say,
+    so ``train=false ckpt_path=CKPT`` needs none of the configs it was trained with."""
+    from omegaconf import OmegaConf, open_dict
+
+    from stn_face.checkpoint import checkpoint_model_config
+
+    stored = checkpoint_model_config(ckpt, ckpt["_path"])
+    with open_dict(cfg):
+        for key in ("transform", "localization", "backbone", "head"):
+            if stored.get(key) is not None:
+                cfg[key] = OmegaConf.create(stored[key])
+        if stored.get("image_size"):
+            cfg.data.image_size = stored["image_size"]
+        if stored.get("crop"):
+            cfg.data.crop = OmegaConf.create(stored["crop"])
 
 
 def collect_metrics(trainer: L.Trainer, callbacks: list, model, primary: str | None, kind: str) -> dict[str, Any]:
