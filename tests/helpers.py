@@ -19,7 +19,8 @@ def prepare_small_lfw(lfw_dir: Path, per_identity: int = 6, people=LFW_TRAIN_PEO
 
     files = [f"{name}/{name}_{i:04d}.jpg" for name in people for i in range(1, per_identity + 1)]
     out = cache_dir() / "prepared" / "lfw-crop128"
-    prepare_collection(lfw_dir / "lfw-deepfunneled", out, files=files, workers=2, progress=False)
+    # a cache, like the training data's: crops of another detector or settings are made again
+    prepare_collection(lfw_dir / "lfw-deepfunneled", out, files=files, workers=2, progress=False, replace_stale=True)
     return out
 
 

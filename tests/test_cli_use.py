@@ -72,7 +72,7 @@ def test_embed_raw_photos_with_failures_and_root_level_files(checkpoints, photos
 
     reference_dir = cache_dir() / "prepared" / "lfw-crop128"  # cached; prepared here on a fresh checkout
     prepare_collection(photos, reference_dir, files=["Aaron_Peirsol/Aaron_Peirsol_0001.jpg"], workers=1,
-                       progress=False)
+                       progress=False, replace_stale=True)
     prepared = crop_path_map(reference_dir)["Aaron_Peirsol/Aaron_Peirsol_0001.jpg"]
     reference = FaceEmbedder.from_checkpoint(checkpoints["similarity"]).embed_files([prepared], progress=False)
     assert float(reference[0] @ embeddings[0]) > 0.9999

@@ -90,7 +90,8 @@ def _view2_subset(data_dir: Path, per_fold: int, root: Path) -> tuple[Path, list
 
     names = unique_images(_first_per_fold(read_lfw_pairs(data_dir / "lfw" / "pairs.txt"), per_fold))
     prepared = cache_dir() / "prepared" / "lfw-crop128"
-    prepare_collection(data_dir / "lfw" / "lfw-deepfunneled", prepared, files=names, workers=2, progress=False)
+    prepare_collection(data_dir / "lfw" / "lfw-deepfunneled", prepared, files=names, workers=2, progress=False,
+                       replace_stale=True)
     from stn_face.data.prepare import crop_path_map
 
     crops = crop_path_map(prepared)
