@@ -2,22 +2,29 @@
 
 Conventions (every function here follows them):
 
-* A transform matrix ``M`` of shape ``(B, 3, 3)`` maps **output** pixel coordinates to **input**
-  coordinates. Coordinates are normalised to ``[-1, 1]`` with ``align_corners=False`` semantics (the
-  centre of pixel ``i`` of ``W`` sits at ``(2 i + 1) / W - 1``) and written homogeneously as
-  ``(x_t, y_t, 1)``; ``x`` runs along the width, ``y`` along the height.
+* Every map goes from **output** coordinates to **input** coordinates. Coordinates are normalised to
+  ``[-1, 1]`` with ``align_corners=False`` semantics (the centre of pixel ``i`` of ``W`` sits at
+  ``(2 i + 1) / W - 1``); ``x`` runs along the width, ``y`` along the height. A sampling grid
+  ``(B, H, W, 2)`` holds the input ``(x, y)`` of every output pixel, the layout ``grid_sample`` takes.
+* Parameters are ``(B, P)`` tensors; each family knows its ``num_params``, ``identity_params()`` and
+  ``sampling_grid(params, size)``. The linear families (identity, similarity, affine, projective:
+  0, 4, 6, 8 parameters) also give ``matrix(params)``, ``(B, 3, 3)`` acting on ``(x_t, y_t, 1)``.
 * Projective results are divided by ``z = θ31 x_t + θ32 y_t + 1``; ``|z|`` is kept away from zero
-  (``Z_EPS``) and the resulting coordinates are clamped, so no NaN or Inf can come out for finite
-  parameters.
-* Parameters are ``(B, P)`` tensors; each family knows its ``num_params`` (0, 4, 6, 8).
+  (``Z_EPS``) and every mapped coordinate is clamped to ``±COORD_LIMIT``, so no NaN or Inf can come
+  out for finite parameters.
 
-The four families are those of Zhong et al., "Toward End-to-End Face Recognition through Alignment
-Learning": identity, similarity ``(λ, α, t1, t2)`` as ``[[λcosα, −λsinα, t1], [λsinα, λcosα, t2]]``,
-affine ``(θ11, θ12, θ13, θ21, θ22, θ23)`` and projective ``(θ11 … θ32)`` with ``θ33 = 1``.
+The linear families are those of Tang et al., "An End-to-End Face Recognition Method with Alignment
+Learning" (Optik, 2020): identity, similarity ``(λ, α, t1, t2)`` as
+``[[λcosα, −λsinα, t1], [λsinα, λcosα, t2]]``, affine ``(θ11, θ12, θ13, θ21, θ22, θ23)`` and projective
+``(θ11 … θ32)`` with ``θ33 = 1``. The paper notes that a spatial transformer can also learn a
+thin-plate spline; ``tps`` is that step past it: a K x K grid of control points whose input positions
+are the parameters, interpolated in closed form (Bookstein 1989).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Sequence
 
@@ -29,13 +36,15 @@ COORD_LIMIT = 4.0  # sampling coordinates are clamped to [-4, 4]: far outside th
 
 
 class TransformFamily:
-    """A family of 2-D transforms with a fixed number of parameters.
+    """A family of 2-D output-to-input maps with a fixed number of parameters.
 
-    Subclasses implement :meth:`_matrix` and :meth:`init_params`; ``matrix`` checks shapes.
+    Subclasses implement :meth:`init_params` and :meth:`map_points`; :meth:`sampling_grid` evaluates the
+    map at every output pixel centre.
     """
 
     name: str = ""
     num_params: int = 0
+    linear: bool = False  # True: the map is a (B, 3, 3) matrix, see LinearFamily
 
     def init_params(self, scale: float = 1.0) -> torch.Tensor:
         """Parameters ``(P,)`` of a centred zoom by ``scale`` (1.0 is the identity)."""
@@ -45,20 +54,46 @@ class TransformFamily:
         """Parameters ``(P,)`` of the identity transform."""
         return self.init_params(1.0)
 
-    def matrix(self, params: torch.Tensor) -> torch.Tensor:
-        """Map parameters ``(B, P)`` to output-to-input matrices ``(B, 3, 3)``."""
+    def check_params(self, params: torch.Tensor) -> None:
         if params.ndim != 2 or params.shape[1] != self.num_params:
             raise ValueError(
                 f"{self.name} transform expects parameters of shape (B, {self.num_params}), "
                 f"got {tuple(params.shape)}"
             )
+
+    def map_points(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Input positions ``(B, N, 2)`` of normalised output points ``(N, 2)`` or ``(B, N, 2)``."""
+        raise NotImplementedError
+
+    def sampling_grid(self, params: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """The ``grid_sample`` grid ``(B, H, W, 2)``: input ``(x, y)`` of every pixel of an output of
+        ``size = (H, W)``, for parameters ``(B, P)``."""
+        height, width = int(size[0]), int(size[1])
+        pixels = normalized_grid(height, width, dtype=params.dtype, device=params.device)[:, :2]
+        return self.map_points(params, pixels).reshape(params.shape[0], height, width, 2)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_params={self.num_params})"
+
+
+class LinearFamily(TransformFamily):
+    """A family whose maps are ``(B, 3, 3)`` matrices; subclasses implement :meth:`_matrix`."""
+
+    linear = True
+
+    def matrix(self, params: torch.Tensor) -> torch.Tensor:
+        """Map parameters ``(B, P)`` to output-to-input matrices ``(B, 3, 3)``."""
+        self.check_params(params)
         return self._matrix(params)
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(num_params={self.num_params})"
+    def map_points(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        return transform_points(self.matrix(params), points)
+
+    def sampling_grid(self, params: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        return grid_from_matrix(self.matrix(params), size)
 
 
 def _rows_to_matrix(top: torch.Tensor, bottom: torch.Tensor | None = None) -> torch.Tensor:
@@ -70,7 +105,7 @@ def _rows_to_matrix(top: torch.Tensor, bottom: torch.Tensor | None = None) -> to
     return torch.cat([top.reshape(batch, 2, 3), last.reshape(batch, 1, 3)], dim=1)
 
 
-class IdentityTransform(TransformFamily):
+class IdentityTransform(LinearFamily):
     """No parameters: every image is sampled with the identity matrix (or a fixed zoom)."""
 
     name = "identity"
@@ -83,7 +118,7 @@ class IdentityTransform(TransformFamily):
         return torch.eye(3, dtype=params.dtype, device=params.device).expand(params.shape[0], 3, 3).clone()
 
 
-class SimilarityTransform(TransformFamily):
+class SimilarityTransform(LinearFamily):
     """Scale ``λ``, rotation ``α`` (radians) and translation ``(t1, t2)``: 4 parameters."""
 
     name = "similarity"
@@ -98,7 +133,7 @@ class SimilarityTransform(TransformFamily):
         return _rows_to_matrix(torch.stack([cos, -sin, t1, sin, cos, t2], dim=1))
 
 
-class AffineTransform(TransformFamily):
+class AffineTransform(LinearFamily):
     """A general affine map ``(θ11, θ12, θ13, θ21, θ22, θ23)``: 6 parameters."""
 
     name = "affine"
@@ -111,7 +146,7 @@ class AffineTransform(TransformFamily):
         return _rows_to_matrix(params)
 
 
-class ProjectiveTransform(TransformFamily):
+class ProjectiveTransform(LinearFamily):
     """A homography ``(θ11, θ12, θ13, θ21, θ22, θ23, θ31, θ32)`` with ``θ33 = 1``: 8 parameters."""
 
     name = "projective"
@@ -124,19 +159,121 @@ class ProjectiveTransform(TransformFamily):
         return _rows_to_matrix(params[:, :6], params[:, 6:])
 
 
+class ThinPlateSpline(TransformFamily):
+    """A thin-plate spline through a ``grid_size x grid_size`` grid of control points: ``2 K²`` parameters.
+
+    The control points sit in output space at :func:`tps_control_points` (``linspace(-1, 1, K)`` in x and
+    y, row-major: y major). The parameters are the input positions ``(x, y)`` where each control point
+    lands, flattened ``x0, y0, x1, y1, ...``; the map between them is the thin-plate spline that
+    interpolates them (:func:`tps_interpolation_matrix`), affine when the positions are.
+    """
+
+    name = "tps"
+
+    def __init__(self, grid_size: int = 4) -> None:
+        if int(grid_size) != grid_size or grid_size < 2:
+            raise ValueError(f"a thin-plate spline needs grid_size >= 2 (a K x K control grid), got {grid_size}")
+        self.grid_size = int(grid_size)
+        self.num_params = 2 * self.grid_size ** 2
+
+    def init_params(self, scale: float = 1.0) -> torch.Tensor:
+        return (scale * tps_control_points(self.grid_size, torch.float32)).reshape(-1)
+
+    def map_points(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        self.check_params(params)
+        control = tps_control_points(self.grid_size, torch.float64, points.device)
+        weights = tps_interpolation_matrix(control, points.to(torch.float64))
+        return _apply_tps(weights.to(params.dtype), params)
+
+    def sampling_grid(self, params: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        self.check_params(params)
+        height, width = int(size[0]), int(size[1])
+        weights = _tps_pixel_weights(self.grid_size, height, width).to(dtype=params.dtype, device=params.device)
+        return _apply_tps(weights, params).reshape(params.shape[0], height, width, 2)
+
+    def __repr__(self) -> str:
+        return f"ThinPlateSpline(grid_size={self.grid_size}, num_params={self.num_params})"
+
+
 TRANSFORMS: dict[str, type[TransformFamily]] = {
-    cls.name: cls for cls in (IdentityTransform, SimilarityTransform, AffineTransform, ProjectiveTransform)
+    cls.name: cls
+    for cls in (IdentityTransform, SimilarityTransform, AffineTransform, ProjectiveTransform, ThinPlateSpline)
 }
 
 
-def get_transform(name: str) -> TransformFamily:
-    """The transform family called ``name`` (``identity``, ``similarity``, ``affine``, ``projective``)."""
+def get_transform(name: str, **options) -> TransformFamily:
+    """The transform family called ``name`` (``identity``, ``similarity``, ``affine``, ``projective``,
+    ``tps``); ``options`` go to its constructor (``tps``: ``grid_size``)."""
     try:
-        return TRANSFORMS[name]()
+        cls = TRANSFORMS[name]
     except KeyError:
         raise ValueError(f"unknown transform {name!r}; choose one of {sorted(TRANSFORMS)}") from None
+    unknown = set(options) - set(inspect.signature(cls).parameters)
+    if unknown:
+        raise ValueError(f"the {name} transform has no option(s) {sorted(unknown)}")
+    return cls(**options)
 
 
+# ------------------------------------------------------------------------------- thin-plate spline
+def tps_control_points(grid_size: int, dtype=torch.float64, device=None) -> torch.Tensor:
+    """The ``(K², 2)`` output-space control points: ``linspace(-1, 1, K)`` in x and y, row-major (y major),
+    each ``(x, y)``."""
+    ticks = torch.linspace(-1.0, 1.0, grid_size, dtype=dtype, device=device)
+    grid_y, grid_x = torch.meshgrid(ticks, ticks, indexing="ij")
+    return torch.stack([grid_x, grid_y], dim=-1).reshape(-1, 2)
+
+
+def tps_radial_basis(squared_distance: torch.Tensor) -> torch.Tensor:
+    """The thin-plate kernel ``U = r² log r²`` of squared distances (any shape), 0 at ``r = 0``."""
+    tiny = torch.finfo(squared_distance.dtype).tiny
+    return squared_distance * torch.log(squared_distance.clamp_min(tiny))
+
+
+def _squared_distances(points: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
+    """``(..., M, 2)`` and ``(N, 2)`` -> ``(..., M, N)``, computed exactly (no ``a² - 2ab + b²`` cancellation)."""
+    return ((points.unsqueeze(-2) - control) ** 2).sum(-1)
+
+
+def tps_interpolation_matrix(control: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """The linear map from control-point targets to mapped points: ``(N, 2)`` control points and
+    ``(M, 2)`` or ``(B, M, 2)`` query points -> ``W`` of shape ``(M, N)`` or ``(B, M, N)``.
+
+    The spline ``f(p) = a0 + a1 x + a2 y + Σ_j w_j U(|p - c_j|²)`` through targets ``t_j = f(c_j)`` with
+    ``Σ w_j = Σ w_j c_j = 0`` solves ``[[K, P], [Pᵀ, 0]] [w; a] = [t; 0]`` (``K_ij = U(|c_i - c_j|²)``,
+    ``P = [1, c]``). That system depends on the control points only, so ``f(points) = W @ t`` with
+    ``W = [U(|p - c|²), 1, p] @ L⁻¹[:, :N]``; ``W`` is the identity at the control points, and its rows
+    reproduce every affine map exactly. Compute it in float64: ``L`` is poorly scaled in float32.
+    """
+    n = control.shape[0]
+    ones = control.new_ones(n, 1)
+    system = control.new_zeros(n + 3, n + 3)
+    system[:n, :n] = tps_radial_basis(_squared_distances(control, control))
+    system[:n, n:] = torch.cat([ones, control], dim=1)
+    system[n:, :n] = system[:n, n:].T
+    rhs = torch.cat([torch.eye(n, dtype=control.dtype, device=control.device), control.new_zeros(3, n)])
+    coefficients = torch.linalg.solve(system, rhs)  # (N + 3, N): the spline of each unit target
+    kernel = tps_radial_basis(_squared_distances(points, control))
+    affine = torch.cat([torch.ones_like(points[..., :1]), points], dim=-1)
+    return torch.cat([kernel, affine], dim=-1) @ coefficients
+
+
+@functools.lru_cache(maxsize=16)
+def _tps_pixel_weights(grid_size: int, height: int, width: int) -> torch.Tensor:
+    """:func:`tps_interpolation_matrix` at the pixel centres of a ``height x width`` output, ``(H*W, K²)``
+    float64 on the CPU. Cached: it depends on the sizes only. The NumPy round trip makes it a constant
+    for a tracer even when first computed inside a trace (ONNX has no linear solver)."""
+    with torch.no_grad():
+        control = tps_control_points(grid_size)
+        weights = tps_interpolation_matrix(control, normalized_grid(height, width, torch.float64)[:, :2])
+        return torch.from_numpy(weights.numpy().copy())
+
+
+def _apply_tps(weights: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Weights ``(M, N)`` or ``(B, M, N)`` and control-point positions ``(B, 2N)`` -> ``(B, M, 2)``."""
+    return finite_coordinates(weights @ params.reshape(params.shape[0], -1, 2))
+
+
+# ------------------------------------------------------------------------------------ linear maps
 def normalized_grid(height: int, width: int, dtype=torch.float32, device=None) -> torch.Tensor:
     """Homogeneous pixel-centre coordinates ``(H*W, 3)`` of an ``height x width`` image, in ``[-1, 1]``.
 
@@ -155,34 +292,56 @@ def safe_denominator(z: torch.Tensor, eps: float = Z_EPS) -> torch.Tensor:
     return torch.where(z.abs() < eps, sign * eps, z)
 
 
+def finite_coordinates(xy: torch.Tensor) -> torch.Tensor:
+    """Mapped coordinates with NaNs (only from non-finite parameters) set to 0 and everything clamped to
+    ``±COORD_LIMIT``: far outside the image, but finite."""
+    return torch.nan_to_num(xy, nan=0.0).clamp(-COORD_LIMIT, COORD_LIMIT)
+
+
 def transform_points(matrix: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Apply matrices ``(B, 3, 3)`` to normalised points ``(B, N, 2)`` or ``(N, 2)``; returns ``(B, N, 2)``.
 
-    The projective division uses :func:`safe_denominator`; results are clamped to ``±COORD_LIMIT``
-    and NaNs (only possible from non-finite matrices) become 0, so the output is always finite.
+    The projective division uses :func:`safe_denominator` and the result :func:`finite_coordinates`, so
+    the output is always finite.
     """
     if points.ndim == 2:
         points = points.unsqueeze(0).expand(matrix.shape[0], -1, -1)
     homogeneous = torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)
     mapped = homogeneous @ matrix.transpose(1, 2)  # (B, N, 3)
-    xy = mapped[..., :2] / safe_denominator(mapped[..., 2:])
-    return torch.nan_to_num(xy, nan=0.0).clamp(-COORD_LIMIT, COORD_LIMIT)
+    return finite_coordinates(mapped[..., :2] / safe_denominator(mapped[..., 2:]))
 
 
-def sampling_grid(matrix: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """The ``grid_sample`` grid ``(B, H, W, 2)`` of input coordinates for an output of ``size = (H, W)``."""
+def grid_from_matrix(matrix: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The ``grid_sample`` grid ``(B, H, W, 2)`` of input coordinates of matrices ``(B, 3, 3)`` for an
+    output of ``size = (H, W)``."""
     height, width = int(size[0]), int(size[1])
     base = normalized_grid(height, width, dtype=matrix.dtype, device=matrix.device)[:, :2]
     return transform_points(matrix, base).reshape(matrix.shape[0], height, width, 2)
 
 
-def warp(images: torch.Tensor, matrix: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Sample ``images (B, C, H, W)`` through ``matrix (B, 3, 3)`` into ``(B, C, size[0], size[1])``.
+def _sampling_dtype(images: torch.Tensor) -> torch.dtype:
+    # Sampling coordinates need float32 at least: low-precision images are sampled in float32.
+    return images.dtype if images.dtype == torch.float64 else torch.float32
 
-    Bilinear, zeros outside the input, computed in float32 (float64 inputs stay float64) even under
-    autocast. The matrix maps output to input coordinates (see the module
-    docstring). With the identity matrix and ``size == (H, W)`` the input comes back unchanged.
-    """
+
+def sample(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of ``images (B, C, H, W)`` at a grid ``(B, h, w, 2)`` of normalised input
+    ``(x, y)`` -> ``(B, C, h, w)``; zeros outside the input, ``align_corners=False``, in float32
+    (float64 stays float64) even under autocast."""
+    if images.ndim != 4:
+        raise ValueError(f"sampling expects images of shape (B, C, H, W), got {tuple(images.shape)}")
+    if grid.ndim != 4 or grid.shape[0] != images.shape[0] or grid.shape[-1] != 2:
+        raise ValueError(f"sampling expects a grid of shape ({images.shape[0]}, h, w, 2), got {tuple(grid.shape)}")
+    dtype = _sampling_dtype(images)
+    with torch.autocast(device_type=images.device.type, enabled=False):
+        return F.grid_sample(images.to(dtype), grid.to(dtype), mode="bilinear", padding_mode="zeros",
+                             align_corners=False)
+
+
+def warp(images: torch.Tensor, matrix: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Sample ``images (B, C, H, W)`` through ``matrix (B, 3, 3)`` into ``(B, C, size[0], size[1])``
+    (:func:`sample` at :func:`grid_from_matrix`). With the identity matrix and ``size == (H, W)`` the
+    input comes back unchanged."""
     if images.ndim != 4:
         raise ValueError(f"warp expects images of shape (B, C, H, W), got {tuple(images.shape)}")
     if matrix.shape != (images.shape[0], 3, 3):
@@ -192,12 +351,27 @@ def warp(images: torch.Tensor, matrix: torch.Tensor, size: Sequence[int]) -> tor
             (matrix == torch.eye(3, dtype=matrix.dtype, device=matrix.device)).all()):
         # Exact identity: float32 pixel-centre coordinates would be off by a few 1e-6 of a pixel.
         return images.clone()
-    # Sampling coordinates need float32 at least: autocast (bf16/fp16) is switched off in here and
-    # low-precision images are sampled in float32.
-    dtype = images.dtype if images.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=images.device.type, enabled=False):
-        grid = sampling_grid(matrix.to(dtype), (height, width))
-        return F.grid_sample(images.to(dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return sample(images, grid_from_matrix(matrix.to(_sampling_dtype(images)), (height, width)))
+
+
+def square_outline(points_per_side: int = 1, dtype=torch.float32, device=None) -> torch.Tensor:
+    """The output square's boundary ``(4 S, 2)``, ``S = points_per_side`` points per side, clockwise from the
+    top-left corner (top-left, top-right, bottom-right, bottom-left): a closed polygon when drawn.
+    Mapped through a transform it outlines where the output is sampled from (a curve for ``tps``)."""
+    steps = torch.linspace(-1.0, 1.0, points_per_side + 1, dtype=dtype, device=device)[:-1]
+    plus, minus = torch.ones_like(steps), -torch.ones_like(steps)
+    return torch.cat([torch.stack(side, dim=1) for side in (
+        (steps, minus), (plus, steps), (-steps, plus), (minus, -steps))])
+
+
+def grid_lines(lines: int, points_per_line: int = 32, dtype=torch.float32, device=None) -> torch.Tensor:
+    """``lines`` horizontal then ``lines`` vertical lines of the output square, ``(2 L, P, 2)`` normalised
+    points at ``linspace(-1, 1, L)`` (for ``tps``: the lines through its control points)."""
+    across = torch.linspace(-1.0, 1.0, lines, dtype=dtype, device=device)
+    along = torch.linspace(-1.0, 1.0, points_per_line, dtype=dtype, device=device)
+    fixed, moving = across[:, None].expand(lines, points_per_line), along[None].expand(lines, points_per_line)
+    return torch.cat([torch.stack([moving, fixed], -1), torch.stack([fixed, moving], -1)])
 
 
 def corners(matrix: torch.Tensor) -> torch.Tensor:
@@ -205,9 +379,29 @@ def corners(matrix: torch.Tensor) -> torch.Tensor:
 
     Order: top-left, top-right, bottom-right, bottom-left (a closed quadrilateral when drawn).
     """
-    square = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=matrix.dtype,
-                          device=matrix.device)
-    return transform_points(matrix, square)
+    return transform_points(matrix, square_outline(1, matrix.dtype, matrix.device))
+
+
+# ------------------------------------------------------------------------------ antialiased resize
+@functools.lru_cache(maxsize=32)
+def _resize_weights(in_size: int, out_size: int) -> torch.Tensor:
+    """``(out, in)`` float64 rows of a triangle filter widened by the shrink factor: PyTorch's bilinear
+    ``antialias=True`` (PIL's) filter, pixel centres at ``(i + 0.5) in / out``."""
+    scale = in_size / out_size
+    support = max(scale, 1.0)  # enlarging: plain bilinear
+    centres = (torch.arange(out_size, dtype=torch.float64) + 0.5) * scale
+    inputs = torch.arange(in_size, dtype=torch.float64) + 0.5
+    weights = (1.0 - (inputs[None] - centres[:, None]).abs() / support).clamp_min(0.0)
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+def resize_antialiased(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize of ``images (..., H, W)`` to ``(..., size[0], size[1])`` with antialiasing, equal to
+    ``F.interpolate(mode="bilinear", align_corners=False, antialias=True)``, as two matrix products:
+    ONNX has no antialiased resize in the TorchScript exporter, a matrix product exports everywhere."""
+    rows = _resize_weights(images.shape[-2], int(size[0])).to(dtype=images.dtype, device=images.device)
+    cols = _resize_weights(images.shape[-1], int(size[1])).to(dtype=images.dtype, device=images.device)
+    return rows @ images @ cols.T
 
 
 def decompose(matrix: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -38,7 +38,7 @@ def compose_train(overrides: list[str], output_dir: Path | None = None):
 
 
 def test_groups_have_the_documented_options():
-    assert options("transform") == ["affine", "identity", "projective", "similarity"]
+    assert options("transform") == ["affine", "identity", "projective", "similarity", "tps"]
     assert options("localization") == [
         "conv1_fc1", "conv2_fc1", "conv2_fc2", "conv3_fc1", "conv3_fc1_small", "conv3_fc2"]
     assert {"paper_resnet", "iresnet50", "small"} <= set(options("backbone"))
@@ -72,6 +72,19 @@ def test_model_instantiates_for_every_transform_and_backbone(monkeypatch, tmp_pa
         model = instantiate(cfg.model, num_classes=7)
         assert model.head.num_classes == 7
         assert (model.transformer.localization is None) == (transform == "identity")
+        # every family starts from the same view: the centre 112 pixels of the data's 128 crops
+        assert model.transformer.init_scale == 112 / cfg.data.image_size == 0.875
+
+
+def test_start_view_follows_the_data_crop(monkeypatch, tmp_path):
+    """The paper-scale data config has 144-pixel crops: every family starts from their centre 112."""
+    monkeypatch.setenv("STN_FACE_DATA", str(tmp_path))
+    for transform in options("transform"):
+        cfg = compose_train([f"transform={transform}", "data.image_size=144", "backbone=tiny"], tmp_path)
+        assert instantiate(cfg.transform).init_scale == pytest.approx(112 / 144)
+    cfg = compose_train(["transform=tps", "transform.grid_size=3", "transform.init_scale=1.0"], tmp_path)
+    stn = instantiate(cfg.transform)
+    assert stn.init_scale == 1.0 and stn.family.num_params == 18
 
 
 def test_eval_sets_include_extra(monkeypatch, tmp_path):

@@ -1,4 +1,4 @@
-"""Geometry against the formulas, OpenCV and the paper's analytic gradients."""
+"""Geometry against the formulas, OpenCV, SciPy and the paper's analytic gradients."""
 
 from __future__ import annotations
 
@@ -8,19 +8,30 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stn_face.geometry import (
     TRANSFORMS,
     corners,
     decompose,
     get_transform,
+    grid_from_matrix,
+    grid_lines,
     normalized_grid,
+    resize_antialiased,
+    sample,
+    square_outline,
     to_pixel_homography,
+    tps_control_points,
+    tps_interpolation_matrix,
     transform_points,
     warp,
 )
 
 FAMILIES = sorted(TRANSFORMS)
+LINEAR = [name for name in FAMILIES if get_transform(name).linear]
 
 
 def _face(lfw_dir, size: int = 96) -> np.ndarray:
@@ -33,17 +44,37 @@ def _face(lfw_dir, size: int = 96) -> np.ndarray:
 @pytest.mark.parametrize("name", FAMILIES)
 def test_family_contract(name):
     family = get_transform(name)
-    assert family.num_params == {"identity": 0, "similarity": 4, "affine": 6, "projective": 8}[name]
+    assert family.num_params == {"identity": 0, "similarity": 4, "affine": 6, "projective": 8, "tps": 32}[name]
     params = family.identity_params()
     assert params.shape == (family.num_params,)
-    matrix = family.matrix(params.unsqueeze(0).repeat(3, 1))
-    assert matrix.shape == (3, 3, 3)
-    torch.testing.assert_close(matrix, torch.eye(3).expand(3, 3, 3), rtol=0, atol=0)
+    # every family: identity parameters sample every output pixel at its own centre
+    grid = family.sampling_grid(params.unsqueeze(0).repeat(3, 1), (5, 7))
+    assert grid.shape == (3, 5, 7, 2)
+    torch.testing.assert_close(grid, normalized_grid(5, 7)[:, :2].reshape(1, 5, 7, 2).expand(3, 5, 7, 2))
+    if family.linear:
+        matrix = family.matrix(params.unsqueeze(0).repeat(3, 1))
+        assert matrix.shape == (3, 3, 3)
+        torch.testing.assert_close(matrix, torch.eye(3).expand(3, 3, 3), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", [n for n in LINEAR if n != "identity"])
+def test_linear_sampling_grid_is_the_matrix_grid(name):
+    family = get_transform(name)
+    torch.manual_seed(0)
+    params = family.identity_params() + 0.1 * torch.randn(2, family.num_params)
+    grid = family.sampling_grid(params, (6, 9))
+    torch.testing.assert_close(grid, grid_from_matrix(family.matrix(params), (6, 9)), rtol=0, atol=0)
+    points = torch.rand(2, 5, 2) * 2 - 1
+    torch.testing.assert_close(family.map_points(params, points), transform_points(family.matrix(params), points))
 
 
 def test_unknown_family_lists_choices():
-    with pytest.raises(ValueError, match="affine.*identity.*projective.*similarity"):
+    with pytest.raises(ValueError, match=r"affine.*identity.*projective.*similarity.*tps"):
         get_transform("perspective")
+    with pytest.raises(ValueError, match=r"affine transform has no option.*grid_size"):
+        get_transform("affine", grid_size=4)
+    with pytest.raises(ValueError, match="grid_size >= 2"):
+        get_transform("tps", grid_size=1)
 
 
 def test_wrong_param_shape_is_a_clear_error():
@@ -105,7 +136,7 @@ def test_warp_matches_opencv_warp_perspective(lfw_dir):
         assert np.abs(ours - reference)[mask].mean() < 0.003
 
 
-@pytest.mark.parametrize("name", [n for n in FAMILIES if n != "identity"])
+@pytest.mark.parametrize("name", [n for n in LINEAR if n != "identity"])
 def test_gradcheck_every_family(name):
     family = get_transform(name)
     torch.manual_seed(0)
@@ -213,3 +244,121 @@ def test_warp_shape_and_bf16_autocast():
     assert out.shape == (4, 3, 112, 112)
     # centre 112 of 128: the zoom picks exactly the central pixels
     torch.testing.assert_close(out.float(), images[:, :, 8:120, 8:120], atol=1e-5, rtol=0)
+
+
+def test_outline_and_grid_lines():
+    outline = square_outline(2)
+    # clockwise from the top-left corner, two points per side: corners and edge midpoints
+    torch.testing.assert_close(outline, torch.tensor([[-1.0, -1], [0, -1], [1, -1], [1, 0], [1, 1], [0, 1],
+                                                      [-1, 1], [-1, 0]]))
+    lines = grid_lines(3, 5)
+    assert lines.shape == (6, 5, 2)
+    torch.testing.assert_close(lines[1, :, 1], torch.zeros(5))  # the middle horizontal line, y = 0
+    torch.testing.assert_close(lines[5, :, 0], torch.ones(5))  # the right vertical line, x = 1
+
+
+# ------------------------------------------------------------------------------- thin-plate spline
+def test_tps_interface():
+    family = get_transform("tps")
+    assert (family.grid_size, family.num_params) == (4, 32) and not family.linear
+    control = tps_control_points(4)
+    # row-major, y major: x varies fastest; parameters flatten (x0, y0, x1, y1, ...)
+    third = 1 / 3
+    expected = [[-1, -1], [-third, -1], [third, -1], [1, -1], [-1, -third]]
+    torch.testing.assert_close(control[:5], torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-15)
+    torch.testing.assert_close(family.identity_params(), control.float().reshape(-1))
+    assert get_transform("tps", grid_size=3).num_params == 18
+
+
+def test_tps_interpolates_control_points_exactly():
+    family = get_transform("tps", grid_size=4)
+    torch.manual_seed(0)
+    params = family.identity_params().double() + 0.2 * torch.randn(3, 32, dtype=torch.float64)
+    mapped = family.map_points(params, tps_control_points(4))
+    torch.testing.assert_close(mapped, params.reshape(3, 16, 2), rtol=0, atol=1e-12)
+
+
+def test_tps_matches_scipy_thin_plate_rbf():
+    from scipy.interpolate import RBFInterpolator
+
+    rng = np.random.default_rng(0)
+    control = tps_control_points(5).numpy()
+    targets = 0.8 * control + rng.normal(scale=0.1, size=control.shape)
+    queries = rng.uniform(-1.2, 1.2, size=(200, 2))
+    ours = tps_interpolation_matrix(torch.from_numpy(control), torch.from_numpy(queries)) @ torch.from_numpy(targets)
+    reference = RBFInterpolator(control, targets, kernel="thin_plate_spline")(queries)
+    np.testing.assert_allclose(ours.numpy(), reference, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("grid_size", [2, 4, 6])
+def test_tps_of_affine_offsets_is_that_affine_map(grid_size):
+    family = get_transform("tps", grid_size=grid_size)
+    affine = torch.tensor([[0.9, -0.2, 0.1], [0.15, 0.8, -0.05], [0.0, 0.0, 1.0]], dtype=torch.float64)[None]
+    params = transform_points(affine, tps_control_points(grid_size)).reshape(1, -1)
+    points = torch.rand(100, 2, dtype=torch.float64) * 3 - 1.5  # inside and outside the control grid
+    torch.testing.assert_close(family.map_points(params, points), transform_points(affine, points),
+                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(family.sampling_grid(params, (7, 5)), grid_from_matrix(affine, (7, 5)),
+                               rtol=0, atol=1e-12)
+
+
+def test_tps_start_view_is_the_centre_crop():
+    family = get_transform("tps")
+    images = torch.rand(2, 3, 128, 128)
+    grid = family.sampling_grid(family.init_params(112 / 128).expand(2, 32), (112, 112))
+    # float32 sums of 16 weighted control points: coordinates within 2e-5 of a pixel
+    torch.testing.assert_close(sample(images, grid), images[:, :, 8:120, 8:120], atol=5e-5, rtol=0)
+
+
+def test_tps_gradcheck():
+    family = get_transform("tps", grid_size=3)
+    torch.manual_seed(0)
+    params = (family.identity_params().double() + 0.05 * torch.randn(2, 18, dtype=torch.float64))
+    params.requires_grad_(True)
+    images = torch.rand(2, 2, 7, 9, dtype=torch.float64, requires_grad=True)
+
+    def fn(p, x):
+        return sample(x, family.sampling_grid(p, (5, 6)))
+
+    assert torch.autograd.gradcheck(fn, (params, images), eps=1e-6, atol=1e-5)
+
+
+extreme = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False, width=32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_tps_extreme_offsets_never_give_nan_or_inf(data):
+    family = get_transform("tps", grid_size=data.draw(st.sampled_from([2, 4])))
+    offsets = torch.tensor([data.draw(st.lists(extreme, min_size=family.num_params, max_size=family.num_params))])
+    params = (family.identity_params() + offsets).requires_grad_(True)
+    images = torch.rand(1, 3, 16, 16)
+    grid = family.sampling_grid(params, (12, 12))
+    out = sample(images, grid)
+    out.sum().backward()
+    assert torch.isfinite(grid).all() and torch.isfinite(out).all() and torch.isfinite(params.grad).all()
+    assert out.abs().max() <= images.abs().max() + 1e-5  # bilinear sampling never amplifies
+    outline = family.map_points(params.detach(), square_outline(8))
+    assert torch.isfinite(outline).all()
+
+
+# ------------------------------------------------------------------------------ antialiased resize
+@pytest.mark.parametrize("size_in,size_out", [(128, 64), (144, 64), (150, 97), (50, 64)])
+def test_resize_antialiased_is_torch_antialias(size_in, size_out):
+    images = torch.rand(2, 3, size_in, size_in + 3, dtype=torch.float64)
+    expected = F.interpolate(images, size=(size_out, size_out), mode="bilinear", align_corners=False,
+                             antialias=True)
+    torch.testing.assert_close(resize_antialiased(images, (size_out, size_out)), expected, atol=1e-14, rtol=0)
+
+
+def test_resize_antialiased_filters_a_144_crop(lfw_dir):
+    """A real face with a fine stripe pattern: the plain bilinear 144 -> 64 resize aliases it into the
+    picture (it reads 2 of every 2.25 pixels), the antialiased one averages it away."""
+    face = torch.from_numpy(_face(lfw_dir, 144)).permute(2, 0, 1)[None].float()
+    stripes = face.clone()
+    stripes[..., ::2] += 0.25  # a 2-pixel period: above the 64-pixel output's Nyquist rate
+    def leak(resize):  # how much of the stripes reaches the small picture
+        return float((resize(stripes) - resize(face)).std())
+    aliased = leak(lambda x: F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False))
+    filtered = leak(lambda x: resize_antialiased(x, (64, 64)))
+    assert aliased > 0.05 and filtered < 0.2 * aliased

@@ -3,7 +3,8 @@
 The target logit is ``s * (cos(m1 * θ + m2) - m3)``, the others ``s * cos θ`` (insightface's
 combined margin): ArcFace is ``m2 = 0.5``; CosFace ``m3 = 0.35``; SphereFace-style ``m1 = 1.35``;
 plain normalised softmax ``m1 = 1, m2 = m3 = 0``; ``normalize=False`` gives an ordinary linear
-softmax classifier.
+softmax classifier. Past ``m1 θ + m2 = π`` the cosine would rise again; :func:`margin_target` says
+what replaces it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,27 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def margin_target(theta: torch.Tensor, cosine: torch.Tensor, m1: float, m2: float, m3: float,
+                  multiplicative: bool) -> torch.Tensor:
+    """The target class's margin cosine for angles ``theta`` (any shape, ``cosine = cos theta``).
+
+    ``cos(m1 θ + m2) - m3`` while ``m1 θ + m2 <= π``; past that point it would rise again, so:
+
+    * ``multiplicative=False`` (ArcFace, CosFace: ``m1 = 1``): ``cos θ - m2 sin m2 - m3``, insightface's
+      ArcFace with ``easy_margin=False`` (a CosFace-like penalty; it is decreasing, and steps down by
+      ``cos m2 - 1 + m2 sin m2``, 0.117 for ``m2 = 0.5``, at the switch, as insightface does).
+    * ``multiplicative=True`` (SphereFace-style ``m1 > 1``): SphereFace's
+      ``ψ = (-1)^k cos(m1 θ + m2) - 2k``, ``k = ⌊(m1 θ + m2) / π⌋`` (Liu et al. 2017, there for integer
+      ``m1``), for any real ``m1``: continuous and decreasing over θ in [0, π].
+    """
+    margin_theta = m1 * theta + m2
+    if multiplicative:
+        k = torch.floor(margin_theta / math.pi)
+        sign = 1.0 - 2.0 * torch.remainder(k, 2.0)
+        return sign * torch.cos(margin_theta) - 2.0 * k - m3
+    return torch.where(margin_theta <= math.pi, torch.cos(margin_theta), cosine - m2 * math.sin(m2)) - m3
 
 
 class CombinedMarginHead(nn.Module):
@@ -49,13 +71,6 @@ class CombinedMarginHead(nn.Module):
         m2, m3 = self.m2 * margin_factor, self.m3 * margin_factor
         target_cos = cosine.gather(1, labels.view(-1, 1)).squeeze(1)
         theta = torch.acos(target_cos.clamp(-1 + 1e-7, 1 - 1e-7))
-        margin_theta = m1 * theta + m2
-        # Past π the margin function stops decreasing; there use a linear penalty instead so the
-        # target logit keeps falling as θ grows (insightface's "easy margin" fallback).
-        target = torch.where(
-            margin_theta <= math.pi,
-            torch.cos(margin_theta) - m3,
-            target_cos - m2 * math.sin(m2) - m3 - (m1 - 1.0) * theta,
-        )
+        target = margin_target(theta, target_cos, m1, m2, m3, multiplicative=self.m1 != 1.0)
         logits = cosine.scatter(1, labels.view(-1, 1), target.unsqueeze(1).to(cosine.dtype))
         return self.s * logits

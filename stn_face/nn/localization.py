@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from stn_face.geometry import resize_antialiased
 
 
 class LocalizationNet(nn.Module):
@@ -16,7 +17,8 @@ class LocalizationNet(nn.Module):
     The final layer starts at zero weights and a bias equal to ``init_params``, so training starts
     from the transform those parameters describe (the identity, or a centred zoom).
 
-    Shapes: ``(B, C, H, W)`` in (any size; resized to ``input_size``) -> ``(B, num_params)``.
+    Shapes: ``(B, C, H, W)`` in (any size; resized to ``input_size`` with antialiasing, so a 144 crop is
+    filtered, not subsampled) -> ``(B, num_params)``.
     The paper's Table 2 settings are conv/fc counts of 1/1, 2/1, 3/1 (default), 2/2 and 3/2.
     """
 
@@ -65,6 +67,5 @@ class LocalizationNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-2:] != (self.input_size, self.input_size):
-            images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear",
-                                   align_corners=False, antialias=False)
+            images = resize_antialiased(images, (self.input_size, self.input_size))
         return self.head(self.fc(self.features(images)))
