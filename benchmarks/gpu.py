@@ -1,18 +1,22 @@
-"""GPU training throughput and model FLOPs utilisation (MFU) of stn_face's backbones.
+"""GPU training throughput and model FLOPs utilisation (MFU) of StnFaceModule, fitted by Lightning.
 
-    python benchmarks/gpu.py                      # one GPU, < 5 minutes
-    python benchmarks/gpu.py --dry-run            # CPU, tiny batch: checks the code paths only
+    python -m benchmarks.gpu                  # one GPU, < 5 minutes
+    python -m benchmarks.gpu --dry-run        # CPU, tiny sizes: every code path, the numbers mean nothing
 
-For the paper backbone and IResNet-50 at batch 128 and 256: the full training step of
-``StnFaceModule`` (projective spatial transformer on 128x128 crops -> backbone at 112x112 -> ArcFace
-head over ``--num-classes`` identities -> SGD with the localization group and its gradient clipping),
-bf16 autocast + channels_last, ``torch.compile`` of the backbone off and on. Images are random tensors
-already on the GPU: this measures the model, not the data pipeline.
+For the paper backbone and IResNet-50 at batch 256 (``--batch-sizes``): :class:`StnFaceModule`
+(projective spatial transformer on 128x128 crops -> backbone at 112x112 -> ArcFace head over
+``--num-classes`` identities -> SGD with the localization group and its gradient clipping) fitted by a
+real ``lightning.Trainer`` with ``conf/trainer/gpu.yaml``'s precision (bf16-mixed; 16-mixed on cards
+without bf16) and cuDNN benchmark setting, channels_last, ``torch.compile`` of the backbone off and on.
+Beside it, the bare loop (``benchmarks/loops.py``: the module's own optimisation pieces without
+Lightning) on the same model, interleaved round by round: ``framework_overhead_ratio`` = Lightning
+images/s / bare images/s. Images are random tensors already on the GPU: this measures the model and
+the framework, not the data pipeline.
 
 FLOPs: multiply-accumulates counted with forward hooks on every Conv2d and Linear (localization net and
 backbone) plus the head's embedding x class-centre product, x2 for FLOPs, x3 for forward + backward.
 MFU = achieved FLOP/s / the card's dense bf16 peak (table below, by ``torch.cuda.get_device_name()``;
-``--peak-tflops`` overrides). Writes ``benchmarks/results/<date>-<host>-gpu.json``.
+``--peak-tflops`` overrides). Writes ``<paths.log_dir>/bench/<date>-<host>-gpu.json`` or ``--out``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
 import socket
 import sys
 import time
@@ -28,10 +31,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+if __package__ in (None, ""):  # run as a script: make the benchmarks package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 from torch import nn
+
+from benchmarks.common import (
+    build_model,
+    default_output,
+    median,
+    model_overrides,
+    quiet,
+    shrink_defaults,
+    trainer_precision,
+)
+from benchmarks.loops import BareTrainer, CycledBatches, bare_run, lightning_run, no_sync
 
 # Dense (no sparsity) bf16 tensor-core peak, TFLOPS, from the vendors' data sheets; fp16 for cards
 # without bf16. Checked in this order: the first key that occurs in the device name wins.
@@ -52,6 +67,11 @@ PEAK_TFLOPS: list[tuple[str, float]] = [
     ("V100", 125.0),  # fp16
     ("T4", 65.0),  # fp16
 ]
+# issue 15's targets on an H100/H200: Lightning images/s per backbone at batch 256, and the overhead ratio
+TARGET_CARDS = ("H100", "H200")
+TARGET_IMAGES_PER_SECOND = {"paper_resnet": 10_000.0, "iresnet50": 5_000.0}
+TARGET_OVERHEAD_RATIO = 0.95
+DEFAULT_BACKBONES = "paper_resnet,iresnet50"
 
 
 def peak_tflops(device_name: str) -> float | None:
@@ -102,39 +122,70 @@ def count_macs(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
     return result
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def compiled_graphs() -> int:
+    """How many graphs ``torch.compile`` has made in this process so far (dynamo's own counter)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def device_sync(device: torch.device):
+    """The ``sync`` the loops call before reading a clock: CUDA kernels run asynchronously."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else no_sync
 
 
 def run_config(
     backbone: str, batch: int, compile: bool, args, device: torch.device, precision: str
 ) -> dict[str, Any]:
-    from stn_face.bench import BareTrainer, build_model, model_overrides
-
     overrides = model_overrides(backbone, args.transform, channels_last=args.channels_last, compile=compile)
-    overrides += ["head=arcface"]
+    overrides += ["head=arcface", "trainer=gpu"]
     torch.manual_seed(0)
-    model, _ = build_model(overrides, args.num_classes)
-    macs = count_macs(model, torch.randn(1, 3, 128, 128))
+    model, cfg = build_model(overrides, args.num_classes)
+    size = int(cfg.data.image_size)
+    macs = count_macs(model, torch.randn(1, 3, size, size))
     model = model.to(device)
+    sync = device_sync(device)
     scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
-    trainer = BareTrainer(model, precision, scaler=scaler)
-    images = torch.randn(batch, 3, 128, 128, device=device)
-    labels = torch.randint(0, args.num_classes, (batch,), device=device)
+    bare = BareTrainer(model, precision, scaler=scaler)
+    batches = [
+        (
+            torch.randn(batch, 3, size, size, device=device),
+            torch.randint(0, args.num_classes, (batch,), device=device),
+        )
+    ]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    for _ in range(args.warmup):
-        trainer.step(images, labels)
-    sync(device)
+    for _ in range(args.warmup):  # the compile and cuDNN's algorithm search happen here
+        bare.step(*batches[0])
+    sync()
     warmup_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        trainer.step(images, labels)
-    sync(device)
-    seconds = time.perf_counter() - start
-    ips = batch * args.steps / seconds
+    graphs_after_warmup = compiled_graphs()
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    log_every, benchmark = int(cfg.trainer.log_every_n_steps), bool(cfg.trainer.benchmark)
+    cycled = CycledBatches(batches, args.round_warmup + args.steps)
+    per_round: list[dict[str, float]] = []
+    for round_index in range(args.rounds):
+        row: dict[str, float] = {}
+        for which in ("lightning", "bare") if round_index % 2 == 0 else ("bare", "lightning"):
+            if which == "lightning":
+                wall, _, images = lightning_run(
+                    model,
+                    batches,
+                    args.steps,
+                    args.round_warmup,
+                    precision,
+                    log_every,
+                    accelerator,
+                    sync,
+                    benchmark,
+                )
+            else:
+                model.to(device)  # Lightning's teardown moved the model to the CPU
+                wall, _, images = bare_run(bare, cycled, args.round_warmup, sync)
+            row[which] = images / wall
+        per_round.append(row)
+    ips, bare_ips = median([r["lightning"] for r in per_round]), median([r["bare"] for r in per_round])
     train_flops_per_image = 3 * 2 * macs["total"]
     achieved = ips * train_flops_per_image / 1e12
     peak = args.peak_tflops or (
@@ -147,7 +198,12 @@ def run_config(
         "channels_last": args.channels_last,
         "precision": precision,
         "images_per_second": ips,
-        "step_ms": 1000 * seconds / args.steps,
+        "bare_images_per_second": bare_ips,
+        "framework_overhead_ratio": median([r["lightning"] / r["bare"] for r in per_round]),
+        "ratios": [r["lightning"] / r["bare"] for r in per_round],
+        "rounds": len(per_round),
+        "step_ms": 1000 * batch / ips,
+        "bare_step_ms": 1000 * batch / bare_ips,
         "warmup_s": warmup_s,
         "forward_gmacs_per_image": macs["total"] / 1e9,
         "backbone_gmacs_per_image": macs["backbone"] / 1e9,
@@ -156,77 +212,104 @@ def run_config(
         "achieved_tflops": achieved,
         "peak_tflops": peak,
         "mfu": achieved / peak if peak else None,
+        "bare_mfu": bare_ips * train_flops_per_image / 1e12 / peak if peak else None,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "skipped_steps": int(model.skipped_steps),
+        # graphs compiled after the warm-up: > 0 means the Lightning loop made torch.compile recompile
+        "recompiles_after_warmup": compiled_graphs() - graphs_after_warmup,
         "error": None,
     }
-    del trainer, model, images, labels
+    del bare, model, batches
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
 
 
+def targets(rows: list[dict[str, Any]], device_name: str) -> dict[str, bool | None]:
+    """Issue 15's targets, judged on the best configuration of each backbone (None: not that card)."""
+    judged = any(card in device_name for card in TARGET_CARDS)
+    result: dict[str, bool | None] = {}
+    for backbone, wanted in TARGET_IMAGES_PER_SECOND.items():
+        done = [r for r in rows if r["backbone"] == backbone and not r.get("error")]
+        if not done:
+            continue
+        best = max(done, key=lambda r: r["images_per_second"])
+        result[f"images_per_second[{backbone}]"] = best["images_per_second"] >= wanted if judged else None
+        result[f"framework_overhead_ratio[{backbone}]"] = (
+            best["framework_overhead_ratio"] >= TARGET_OVERHEAD_RATIO if judged else None
+        )
+    return result
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog="python -m benchmarks.gpu",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--backbones", default="paper_resnet,iresnet50", help="conf/backbone names")
-    p.add_argument("--batch-sizes", default="128,256")
+    p.add_argument("--backbones", default=DEFAULT_BACKBONES, help="conf/backbone names")
+    p.add_argument("--batch-sizes", default="256")
     p.add_argument("--compile", default="both", choices=["off", "on", "both"])
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--transform", default="projective")
     p.add_argument("--num-classes", type=int, default=10575, help="ArcFace classes (CASIA-WebFace: 10,575)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps (include the compile)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per loop per round")
+    p.add_argument(
+        "--warmup", type=int, default=5, help="untimed bare-loop steps first (include the compile)"
+    )
+    p.add_argument("--round-warmup", type=int, default=3, help="untimed steps at the start of every loop")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved Lightning / bare-loop rounds")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the card's peak (dense bf16)")
     p.add_argument(
         "--budget-s",
         type=float,
-        default=270.0,
+        default=300.0,
         help="skip configurations (compiled ones first) once this much time has passed",
     )
     p.add_argument(
         "--compile-reserve-s",
         type=float,
-        default=75.0,
+        default=90.0,
         help="start a compiled configuration only with this much budget left",
     )
     p.add_argument(
         "--dry-run",
         action="store_true",
-        help="on the CPU, batch 2, 1+1 steps, compile off, fp32: runs the code paths, numbers mean nothing",
+        help="on the CPU: tiny backbone, batch 2, 1 step a loop, compile off: the code paths only",
     )
     p.add_argument(
-        "--out", default=None, help="JSON path (default benchmarks/results/<date>-<host>-gpu.json)"
+        "--out", default=None, help="JSON path (default <paths.log_dir>/bench/<date>-<host>-gpu.json)"
     )
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args(argv)
-    if args.dry_run:
-        if args.batch_sizes == "128,256":
-            args.batch_sizes = "2"
-        args.steps, args.warmup = 1, 1
-        if args.compile == "both":
-            args.compile = "off"
+    if args.dry_run:  # tiny sizes for every option left at its default
+        dry = {
+            "backbones": "tiny",
+            "batch_sizes": "2",
+            "num_classes": 16,
+            "steps": 1,
+            "warmup": 1,
+            "round_warmup": 1,
+            "rounds": 1,
+            "compile": "off",
+        }
+        shrink_defaults(args, p, dry)
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    from stn_face.bench import _quiet
-
-    _quiet()
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every configuration of ``args``; the JSON-ready result. Needs CUDA unless ``args.dry_run``."""
+    quiet()
     started = time.perf_counter()
+    precision = trainer_precision("auto", "gpu")
     if args.dry_run:
         device = torch.device("cpu")
-        precision = "32-true"
     else:
-        if not torch.cuda.is_available():
-            print("no CUDA device: run with --dry-run to check the CPU-side code paths", file=sys.stderr)
-            return 2
         device = torch.device("cuda")
-        torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        if precision == "bf16-mixed" and not torch.cuda.is_bf16_supported():
+            precision = "16-mixed"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (dry run)"
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
@@ -245,24 +328,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "error": f"skipped: {max(left, 0):.0f} s of the {args.budget_s:.0f} s budget left",
                 }
             )
-            continue
-        try:
-            rows.append(run_config(backbone, batch, compiled, args, device, precision))
-        except Exception as err:  # noqa: BLE001 - an OOM or compile failure is a result to record
-            text = str(err).strip().splitlines()
-            rows.append(
-                {
-                    "backbone": backbone,
-                    "batch_size": batch,
-                    "compile": compiled,
-                    "error": f"{type(err).__name__}: {text[0] if text else ''}"[:500],
-                }
-            )
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        print(_row_text(rows[-1]), flush=True)
-    result = {
-        "schema": 1,
+        else:
+            try:
+                rows.append(run_config(backbone, batch, compiled, args, device, precision))
+            except Exception as err:  # noqa: BLE001 - an OOM or compile failure is a result to record
+                text = str(err).strip().splitlines()
+                rows.append(
+                    {
+                        "backbone": backbone,
+                        "batch_size": batch,
+                        "compile": compiled,
+                        "error": f"{type(err).__name__}: {text[0] if text else ''}"[:500],
+                    }
+                )
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+        print(row_text(rows[-1]), flush=True)
+    return {
+        "schema": 2,
         "date": _dt.date.today().isoformat(),
         "host": socket.gethostname(),
         "device": name,
@@ -271,30 +354,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         "precision": precision,
         "settings": vars(args),
         "results": rows,
+        "targets": targets(rows, name),
         "wall_s": time.perf_counter() - started,
     }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.dry_run and not torch.cuda.is_available():
+        print("error: no CUDA device; run with --dry-run to check the code paths on the CPU", file=sys.stderr)
+        return 2
+    result = run(args)
     if not args.no_save:
-        host = "".join(c if c.isalnum() or c in "-_." else "-" for c in result["host"])
-        out = (
-            Path(args.out)
-            if args.out
-            else (Path(__file__).resolve().parent / "results" / f"{result['date']}-{host}-gpu.json")
-        )
+        out = Path(args.out) if args.out else default_output(result["date"], "-gpu")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"written {out}")
-    print(f"{name}: {len(rows)} configurations in {result['wall_s']:.0f} s")
+    print(f"{result['device']}: {len(result['results'])} configurations in {result['wall_s']:.0f} s")
     return 0
 
 
-def _row_text(row: dict[str, Any]) -> str:
+def row_text(row: dict[str, Any]) -> str:
     head = f"{row['backbone']:>13} batch {row['batch_size']:>4} compile {'on ' if row['compile'] else 'off'}"
     if row.get("error"):
         return f"{head}  {row['error']}"
     mfu = f"{row['mfu']:.1%}" if row.get("mfu") is not None else "-"
     mem = f"{row['peak_memory_gib']:.1f} GiB" if row.get("peak_memory_gib") is not None else "-"
     return (
-        f"{head}  {row['images_per_second']:8.1f} img/s  {row['achieved_tflops']:7.2f} TFLOPS  MFU {mfu}  "
+        f"{head}  Lightning {row['images_per_second']:8.1f} img/s (x{row['framework_overhead_ratio']:.3f} of "
+        f"bare {row['bare_images_per_second']:.1f})  {row['achieved_tflops']:7.2f} TFLOPS  MFU {mfu}  "
         f"{row['forward_gmacs_per_image']:.2f} GMACs/img  warm-up {row['warmup_s']:.1f} s  peak {mem}"
     )
 
