@@ -14,11 +14,14 @@ CONF_DIR = str(_PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).res
 
 
 def _data_dir() -> str:
-    from stn_face.paths import DATA_ENV
+    from stn_face.paths import DATA_ENV, data_root, default_data_dir
 
     value = os.environ.get(DATA_ENV)
+    if value:
+        return str(Path(value).expanduser().resolve())
+    root = data_root(required=False)
     # Unset is not an error until a data path is actually used; the loaders then name the variable.
-    return str(Path(value).expanduser().resolve()) if value else f"<{DATA_ENV} is not set>"
+    return str(root) if root is not None else f"<{DATA_ENV} is not set and {default_data_dir()} does not exist>"
 
 
 def _cache_dir() -> str:

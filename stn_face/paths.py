@@ -20,9 +20,18 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 #: True when running from a source checkout (editable install), False for an installed wheel
 SOURCE_CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "stn_face").is_dir()
 
+
+
+def default_data_dir() -> Path:
+    """Where ``stn-face-data`` downloads to and every command looks when ``STN_FACE_DATA`` is unset:
+    ``$XDG_CACHE_HOME/stn_face/data`` (``~/.cache/stn_face/data``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stn_face" / "data"
+
+
 HOW_TO_GET_DATA = (
     f"Set {DATA_ENV} to a folder holding lfw/ (deep-funneled LFW and its pair files), celeba-subset/ "
-    "and ytf/, e.g. `export STN_FACE_DATA=../shared/data`, or download LFW with `stn-face-data`."
+    f"and ytf/, e.g. `export {DATA_ENV}=../shared/data`, or run `stn-face-data` to download LFW into "
+    f"{default_data_dir()}, the folder used when {DATA_ENV} is unset."
 )
 
 
@@ -31,15 +40,18 @@ class DataNotFoundError(MissingInputError):
 
 
 def data_root(required: bool = True) -> Path | None:
-    """The root of the real face data, from ``$STN_FACE_DATA``.
+    """The root of the real face data: ``$STN_FACE_DATA``, else :func:`default_data_dir` when it exists.
 
-    Raises :class:`DataNotFoundError` naming the variable and how to get the data when ``required``
-    and the variable is unset or points at a missing folder; returns None otherwise.
+    Raises :class:`DataNotFoundError` naming the variable, the default folder and how to get the data
+    when ``required`` and neither is a folder; returns None otherwise.
     """
     value = os.environ.get(DATA_ENV)
     if not value:
+        default = default_data_dir()
+        if default.is_dir():
+            return default.resolve()
         if required:
-            raise DataNotFoundError(f"{DATA_ENV} is not set. {HOW_TO_GET_DATA}")
+            raise DataNotFoundError(f"{DATA_ENV} is not set and {default} does not exist. {HOW_TO_GET_DATA}")
         return None
     root = Path(value).expanduser().resolve()
     if not root.is_dir():

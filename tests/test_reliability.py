@@ -180,7 +180,7 @@ def _no_traceback(result):
 
 def test_unknown_config_option_lists_valid_ones():
     result = run_cli(["stn_face.cli.train", "transform=homography"])
-    assert result.returncode != 0
+    assert result.returncode == 2  # the exit code of every input error
     _no_traceback(result)
     for name in ("identity", "similarity", "affine", "projective"):
         assert name in result.stderr
@@ -235,3 +235,29 @@ def test_ddp_rank_failure_ends_every_rank(lfw_dir, tmp_path):
     assert result.returncode != 0
     assert "injected fault on rank 1" in result.stderr
     assert elapsed < 300, f"took {elapsed:.0f}s"
+
+
+def test_folder_data_without_or_with_a_missing_root_is_one_line_with_the_fix(tmp_path):
+    result = run_cli(["stn_face.cli.train", *SMOKE, "data=folder"])
+    assert result.returncode == 2
+    _no_traceback(result)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "data.root=" in errors[0] and "conf/data/folder.yaml" in errors[0]
+    missing = tmp_path / "nope"
+    result = run_cli(["stn_face.cli.train", *SMOKE, "data=folder", f"data.root={missing}"])
+    assert result.returncode == 2
+    _no_traceback(result)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(missing) in errors[0]
+    assert "data.root=DIR" in errors[0] and "stn-face-prepare" in errors[0]
+    assert "prepare lfw" not in result.stderr  # nothing was prepared before the error
+
+
+def test_unset_data_root_names_the_variable_the_default_and_the_download(tmp_path):
+    env = {"STN_FACE_DATA": "", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = run_cli(["stn_face.cli.eval", "embeddings=x.npz", "eval=lfw"], env=env)
+    assert result.returncode == 2
+    _no_traceback(result)
+    assert "STN_FACE_DATA" in result.stderr and "stn-face-data" in result.stderr
+    assert str(tmp_path / "cache" / "stn_face" / "data") in result.stderr
+    assert "eval.pairs=" not in result.stderr  # not the fix when the data root itself is missing

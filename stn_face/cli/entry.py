@@ -5,6 +5,7 @@ It sets the process environment once, turns input problems into one ``error:`` l
 
 - :func:`hydra_command` makes a Hydra command from ``run(cfg) -> result``; the decorated function
   returns ``run``'s result when called with a config (tests, sweepers) and nothing from a console script;
+  a config Hydra cannot compose exits with 2 too;
 - :func:`argparse_command` does the same for commands with ordinary flags: ``run(argv) -> exit code``.
 """
 
@@ -38,11 +39,26 @@ def hydra_command(config_name: str) -> Callable[[Callable[[Any], Any]], Callable
 
         from stn_face.config import CONF_DIR
 
+        started = []
+
         @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)
-        @functools.wraps(run)
-        def main(cfg):
+        def hydra_main(cfg):
+            started.append(True)
             with friendly_errors():
                 return run(cfg)
+
+        @functools.wraps(run)
+        def main(cfg=None):
+            if cfg is not None:  # a composed config (tests, other programs): run it directly
+                return hydra_main(cfg)
+            try:
+                return hydra_main()
+            except SystemExit as exit_:
+                # Hydra reports a config it cannot compose (an unknown option, a bad override) and exits
+                # with 1; that is an input error like ours, so it gets the same exit code
+                if exit_.code == 1 and not started:
+                    sys.exit(2)
+                raise
 
         return main
 

@@ -10,11 +10,17 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, DistributedSampler
 
-from stn_face.data.datasets import FaceImageDataset, scan_identity_folders
+from stn_face.data.datasets import (
+    FaceImageDataset,
+    LabelledImages,
+    RecordImageDataset,
+    check_packed_options,
+    scan_identity_folders,
+)
 from stn_face.data.eval_sets import VerificationSet
 from stn_face.data.sampling import ResumableShuffleSampler
 from stn_face.data.transforms import eval_transform, train_transform
-from stn_face.errors import MissingInputError
+from stn_face.errors import InputError, MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +33,15 @@ class FaceDataModule(L.LightningDataModule):
     restricts it to the identities an LFW people list names, ``identities`` to an explicit list). ``root`` may also be a folder the user
     prepared beforehand with ``stn-face-prepare``. Labels are indices into ``class_names`` (saved in
     checkpoints).
+
+    ``source="rec"`` trains from an insightface packed set instead: ``path`` holds ``train.rec``,
+    ``train.idx`` and ``property`` (:class:`~stn_face.data.datasets.RecordImageDataset`, its frames
+    checked at ``check_records`` places when opened); the augmentation, sampler and DDP sharding are the same.
     """
 
     def __init__(
         self,
-        root: str,
+        root: str | None = None,
         raw_root: str | None = None,
         crop: dict[str, Any] | None = None,
         people_file: str | None = None,
@@ -50,10 +60,18 @@ class FaceDataModule(L.LightningDataModule):
         seed: int = 0,
         name: str = "faces",
         eval_jitter: dict[str, Any] | None = None,
+        source: str = "folder",
+        path: str | None = None,
+        check_records: int = 1000,
     ) -> None:
         super().__init__()
+        if source not in ("folder", "rec"):
+            raise InputError(f"data.source={source} is unknown; use folder (identity folders) or rec (train.rec)")
+        self.source = source
+        self.path = path
+        self.check_records = check_records
         self.name = name
-        self.root = Path(root)
+        self.root = Path(root or path or ".")
         self.raw_root = Path(raw_root) if raw_root else None
         self.crop = dict(crop or {})
         self.people_file = people_file
@@ -73,7 +91,7 @@ class FaceDataModule(L.LightningDataModule):
         self.eval_jitter = dict(eval_jitter) if eval_jitter else None
         self.seed = seed
         self.class_names: list[str] = []
-        self.train_set: FaceImageDataset | None = None
+        self.train_set: LabelledImages | None = None
         self.eval_datasets: list[FaceImageDataset] = []
 
     # ------------------------------------------------------------------------------------ preparing
@@ -105,6 +123,9 @@ class FaceDataModule(L.LightningDataModule):
         self.prepare_eval_data()
 
     def prepare_train_data(self) -> None:
+        if self.raw_root is None and not Path(self.root).is_dir():
+            # a prepared folder that is not there: say so now, before the evaluation sets are prepared
+            scan_identity_folders(self.root, self.min_images_per_identity)
         if self.raw_root is not None:
             if not self.raw_root.is_dir():
                 from stn_face.paths import HOW_TO_GET_DATA
@@ -121,6 +142,16 @@ class FaceDataModule(L.LightningDataModule):
             eval_set.load().prepare(self.crop, workers=self.prepare_workers)
 
     def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_set is None and self.source == "rec":
+            check_packed_options(self.path, {"raw_root": self.raw_root, "people_file": self.people_file,
+                                             "identities": self.identities, "max_identities": self.max_identities,
+                                             "max_images_per_identity": self.max_images_per_identity,
+                                             "min_images_per_identity": self.min_images_per_identity})
+            self.train_set = RecordImageDataset(self.path, train_transform(self.image_size, **self.augment),
+                                                self.check_records)
+            self.class_names = self.train_set.class_names
+            log.info("%s: %d training images of %d identities from %s", self.name, len(self.train_set),
+                     len(self.class_names), self.train_set.packed.records.rec_path)
         if stage in (None, "fit") and self.train_set is None:
             samples, self.class_names = scan_identity_folders(
                 self.root, self.min_images_per_identity, identities=self._identities(),

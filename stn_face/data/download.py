@@ -99,12 +99,11 @@ class ChecksumError(DownloadError):
 
 def default_target() -> Path:
     """``$STN_FACE_DATA`` when set, else ``$XDG_CACHE_HOME/stn_face/data`` (``~/.cache/...``)."""
-    from stn_face.paths import DATA_ENV
+    from stn_face.paths import DATA_ENV, default_data_dir
 
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "stn_face" / "data"
+    return default_data_dir()
 
 
 def file_digests(path: str | os.PathLike) -> tuple[str, str]:

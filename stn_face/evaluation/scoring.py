@@ -36,6 +36,11 @@ def build_eval_set(eval_cfg: DictConfig | dict[str, Any]):
     if pairs:
         options["pairs_file"] = str(pairs)
     pairs_file = Path(str(options.get("pairs_file") or "")).expanduser()
+    if not pairs_file.is_file() and not pairs:
+        from stn_face.paths import HOW_TO_GET_DATA, data_root
+
+        if data_root(required=False) is None:  # the data root itself is missing, not this one file
+            raise MissingInputError(f"pair file not found: {pairs_file}: the face data was not found. {HOW_TO_GET_DATA}")
     if not pairs_file.is_file():
         raise MissingInputError(f"pair file not found: {pairs_file}; pass eval.pairs=PATH (an LFW pairs.txt or "
                                 "a YTF splits.txt)")

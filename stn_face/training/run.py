@@ -16,10 +16,13 @@ log = logging.getLogger("stn_face.train")
 
 
 def eval_set_configs(cfg: DictConfig) -> list[DictConfig]:
-    """The primary ``eval`` set first, then any ``extra_eval.<name>`` sets (e.g. YTF in the paper setting)."""
+    """The primary ``eval`` set first, then any ``extra_eval.<name>`` sets (e.g. YTF in the paper setting);
+    an ``eval.bin_dir`` becomes one set per ``.bin`` file in it (:func:`~stn_face.data.bin_sets.expand_bin_dirs`)."""
+    from stn_face.data.bin_sets import expand_bin_dirs
+
     sets = [cfg.eval] if cfg.get("eval") else []
     sets += list((cfg.get("extra_eval") or {}).values())
-    return sets
+    return expand_bin_dirs(sets)
 
 
 def resolve_ckpt_path(value: str | None, cfg: DictConfig) -> str | None:
@@ -52,7 +55,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             raise InputError("train=false evaluates a checkpoint: give ckpt_path=PATH (a .ckpt file or a run folder)")
         stored = load_checkpoint(ckpt_path)
         use_checkpoint_network(cfg, stored)
+    require_config_values(cfg, ("data", "eval"))
     eval_sets = [hydra.utils.instantiate(c) for c in eval_set_configs(cfg)]
+    if eval_sets and cfg.get("eval") and cfg.eval.get("name") != eval_sets[0].name:
+        from omegaconf import open_dict
+
+        with open_dict(cfg):  # a .bin set is named by its file: the best checkpoint follows val/<that name>_acc
+            cfg.eval.name = eval_sets[0].name
     # passed after instantiation: Hydra would turn the dataclass objects back into configs
     datamodule = hydra.utils.instantiate(cfg.data, _partial_=True)(eval_sets=eval_sets)
     if fitting:
@@ -89,6 +98,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("metrics written to %s", path)
     finish_loggers(trainer)
     return record
+
+
+def require_config_values(cfg: DictConfig, groups: tuple[str, ...]) -> None:
+    """An :class:`~stn_face.errors.InputError` naming every ``???`` value of ``groups`` the user must set
+    (e.g. ``data=folder`` without ``data.root``), instead of a constructor's missing-argument traceback."""
+    from omegaconf import OmegaConf
+
+    from stn_face.errors import InputError
+
+    for group in groups:
+        node = cfg.get(group)
+        if node is None:
+            continue
+        missing = [key for key in node if OmegaConf.is_missing(node, key)]
+        if missing:
+            choice = node.get("name") or group
+            settings = " ".join(f"{group}.{key}=..." for key in missing)
+            raise InputError(f"{group}={choice} needs {settings} on the command line (see conf/{group}/{choice}.yaml "
+                             f"for what {'they mean' if len(missing) > 1 else 'it means'})")
 
 
 def use_checkpoint_network(cfg: DictConfig, ckpt: dict[str, Any]) -> None:
