@@ -45,7 +45,9 @@ def scan_identity_folders(
     """
     root = Path(root)
     if not root.is_dir():
-        raise EmptyDatasetError(f"training folder {root} does not exist")
+        raise EmptyDatasetError(f"training folder {root} does not exist; pass data.root=DIR, a folder of "
+                                "<identity>/<image> face crops (make one from raw photos with `stn-face-prepare "
+                                "input=RAW output=DIR`), or choose data=celeba_subset / data=lfw_view1")
     wanted = set(identities) if identities is not None else None
     per_identity: dict[str, list[Path]] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -67,14 +69,46 @@ def scan_identity_folders(
     return samples, names
 
 
-class FaceImageDataset(Dataset):
-    """Images with labels: ``(image tensor (3, S, S), label)``; evaluation sets use the position as label.
+class LabelledImages(Dataset):
+    """What the training and evaluation datasets share: ``(image tensor (3, S, S), label)`` items.
 
     An item may be asked for as ``(index, seed)`` (see :class:`ResumableShuffleSampler`): the random
     augmentation is then seeded by ``seed``, so it repeats exactly on a resumed run. An image that
     cannot be read (corrupt, truncated, not an image) is replaced by the next readable one with a
-    warning, so one broken file never ends a long run.
+    warning, so one broken file never ends a long run. Subclasses say how to read item ``index``.
     """
+
+    def __init__(self, transform: Callable[..., dict]) -> None:
+        self.transform = transform
+        self._warned: set[int] = set()
+
+    def read(self, index: int) -> tuple[np.ndarray, int]:
+        """The RGB image ``(H, W, 3)`` uint8 and label of item ``index``; ImageReadError if it does not decode."""
+        raise NotImplementedError
+
+    def source(self, index: int) -> str:
+        """Where item ``index`` comes from, for messages."""
+        raise NotImplementedError
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        for attempt in range(len(self)):
+            current = (index + attempt) % len(self)
+            try:
+                image, label = self.read(current)
+            except ImageReadError as error:
+                if current not in self._warned:
+                    self._warned.add(current)
+                    log.warning("skipping unreadable image %s: %s", self.source(current), error)
+                continue
+            if seed is not None and hasattr(self.transform, "set_random_seed"):
+                self.transform.set_random_seed(seed)
+            return self.transform(image=np.ascontiguousarray(image))["image"], label
+        raise ImageReadError(f"none of the {len(self)} images can be read", self.source(index))
+
+
+class FaceImageDataset(LabelledImages):
+    """Image files with labels; evaluation sets use the position as label (see :class:`LabelledImages`)."""
 
     def __init__(self, paths: Sequence[Path], labels: Sequence[int] | None,
                  transform: Callable[..., dict]) -> None:
@@ -82,24 +116,66 @@ class FaceImageDataset(Dataset):
         self.labels = list(labels) if labels is not None else list(range(len(self.paths)))
         if len(self.labels) != len(self.paths):
             raise ValueError("paths and labels differ in length")
-        self.transform = transform
-        self._warned: set[int] = set()
+        super().__init__(transform)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
-        index, seed = item if isinstance(item, tuple) else (item, None)
-        for attempt in range(len(self.paths)):
-            current = (index + attempt) % len(self.paths)
-            try:
-                image = read_rgb(self.paths[current])
-            except ImageReadError as error:
-                if current not in self._warned:
-                    self._warned.add(current)
-                    log.warning("skipping unreadable image %s: %s", self.paths[current], error)
-                continue
-            if seed is not None and hasattr(self.transform, "set_random_seed"):
-                self.transform.set_random_seed(seed)
-            return self.transform(image=np.ascontiguousarray(image))["image"], self.labels[current]
-        raise ImageReadError(f"none of the {len(self.paths)} images can be read", self.paths[index])
+    def read(self, index: int) -> tuple[np.ndarray, int]:
+        return read_rgb(self.paths[index]), self.labels[index]
+
+    def source(self, index: int) -> str:
+        return str(self.paths[index])
+
+
+#: FaceDataModule options that choose images from identity folders; a packed set is used whole.
+FOLDER_ONLY_OPTIONS = ("raw_root", "people_file", "identities", "max_identities", "max_images_per_identity")
+
+
+class RecordImageDataset(LabelledImages):
+    """The image records of an insightface training folder (:func:`~stn_face.data.recordio.open_packed`), read
+    through ``train.idx`` with one file handle per DataLoader worker; labels come from the record headers.
+
+    Item ``i`` is the ``i``-th image record, so a set packed from a folder by ``stn-face-pack rec`` yields
+    the very items (pixels and labels, decoded like :func:`read_rgb`) that ``data=folder`` yields for it.
+    """
+
+    def __init__(self, path: str | Path, transform: Callable[..., dict], check_records: int = 1000) -> None:
+        from stn_face.data.recordio import open_packed
+
+        self.packed = open_packed(path, check_records)
+        super().__init__(transform)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.packed.class_names
+
+    def __len__(self) -> int:
+        return len(self.packed.keys)
+
+    def source(self, index: int) -> str:
+        return f"{self.packed.records.rec_path} record {int(self.packed.keys[index])}"
+
+    def read(self, index: int) -> tuple[np.ndarray, int]:
+        from stn_face.data.images import decode_rgb
+        from stn_face.data.recordio import RecordIOError
+
+        record = self.packed.records.read(int(self.packed.keys[index]))
+        label = record.identity
+        if not (0 <= label < self.packed.num_classes and label == int(label)):
+            raise RecordIOError(f"{self.source(index)} has label {label:g}, outside the {self.packed.num_classes} "
+                                f"identities of {self.packed.directory / 'property'}: the property file belongs to "
+                                "another set; use the one shipped with this train.rec")
+        return decode_rgb(record.payload, self.source(index)), int(label)
+
+
+def check_packed_options(path: str | None, options: dict) -> None:
+    """A packed set is trained on whole: the folder selection options are an error (say what to do)."""
+    if not path:
+        raise InputError("data=rec needs data.path=DIR, a folder holding train.rec, train.idx and property")
+    given = [k for k in FOLDER_ONLY_OPTIONS if options.get(k)]
+    if options.get("min_images_per_identity", 1) > 1:
+        given.append("min_images_per_identity")
+    if given:
+        raise InputError(f"data.{given[0]} selects images of identity folders; a packed .rec is trained on whole. "
+                         "Pack the subset you want (`stn-face-pack rec CROPS DIR --max-identities N ...`)")

@@ -15,6 +15,7 @@ Conversions, all to ``uint8`` RGB ``(H, W, 3)``:
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import struct
@@ -89,11 +90,25 @@ def read_rgb(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PI
         raise ImageReadError(f"unreadable file ({err.strerror or err})", path) from None
     if size == 0:
         raise ImageReadError("empty file (0 bytes)", path)
+    return _decode(path, path, max_pixels, downscale)
+
+
+def decode_rgb(data: bytes, name: str, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               downscale: bool = True) -> np.ndarray:
+    """:func:`read_rgb` of an encoded image held in memory (a RecordIO record, a ``.bin`` entry): the very
+    same pixels as reading those bytes from a file. ``name`` says where they came from in errors."""
+    if not data:
+        raise ImageReadError("empty image (0 bytes)", name)
+    return _decode(io.BytesIO(data), name, max_pixels, downscale)
+
+
+def _decode(source: Path | io.BytesIO, path: str | os.PathLike, max_pixels: int | None,
+            downscale: bool) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             # We apply our own pixel limit below; Pillow still refuses absurd sizes with an error.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 width, height = image.size
                 if width <= 0 or height <= 0:
                     raise ImageReadError(f"image has no pixels ({width}x{height})", path)

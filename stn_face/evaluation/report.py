@@ -227,9 +227,16 @@ def _sort_key(run: Run, root: Path) -> tuple:
     return (order, transform, run.localization or "", run.data or "", str(run.directory.relative_to(root)))
 
 
+def _other_sets(runs: Sequence[Run]) -> list[str]:
+    """Sets beside LFW and YTF any run scored (``cfp_fp``, ``agedb_30``, ... from ``.bin`` files), sorted."""
+    return sorted({name for run in runs for name in run.metrics if not name.startswith(("lfw", "ytf"))})
+
+
 def table_rows(runs: Sequence[Run], root: str | Path, far: str = "1e-3") -> list[dict[str, Any]]:
-    """One dict per run with numeric columns (percentages) in Table 3 order, sorted by transform."""
+    """One dict per run with numeric columns (percentages) in Table 3 order, sorted by transform; every
+    other set a run scored gets ``<set>_acc_mean`` / ``<set>_acc_std`` columns after them."""
     root = Path(root).resolve()
+    others = _other_sets(runs)
     rows = []
     for run in sorted(runs, key=lambda r: _sort_key(r, root)):
         lfw = _benchmark(run, "lfw") or {}
@@ -250,6 +257,8 @@ def table_rows(runs: Sequence[Run], root: str | Path, far: str = "1e-3") -> list
                 "lfw_auc": lfw.get("auc"),
                 "lfw_eer": _percent(lfw.get("eer")),
                 f"lfw_tar_at_far_{far}": _percent(tar) if measurable else None,
+                **{f"{name}_acc_{stat}": _percent((run.metrics.get(name) or {}).get(f"accuracy_{stat}"))
+                   for name in others for stat in ("mean", "std")},
                 "paper_lfw": paper[0],
                 "paper_ytf": paper[1],
                 "run": str(run.directory.relative_to(root)) or ".",
@@ -274,6 +283,8 @@ def _mean_std(mean: Any, std: Any) -> str:
 
 
 def _markdown(rows: Sequence[Mapping[str, Any]], far: str) -> str:
+    others = [key[: -len("_acc_mean")] for key in (rows[0] if rows else {})
+              if key.endswith("_acc_mean") and not key.startswith(("lfw", "ytf"))]
     header = [
         "Transform",
         "Localization",
@@ -283,6 +294,7 @@ def _markdown(rows: Sequence[Mapping[str, Any]], far: str) -> str:
         "LFW AUC",
         "LFW EER (%)",
         f"TAR@FAR={far} (%)",
+        *(f"{name} acc (%)" for name in others),
         "Paper LFW / YTF (%)",
         "Run",
     ]
@@ -300,6 +312,7 @@ def _markdown(rows: Sequence[Mapping[str, Any]], far: str) -> str:
             _fmt(row["lfw_auc"], 4),
             _fmt(row["lfw_eer"]),
             _fmt(row[f"lfw_tar_at_far_{far}"]),
+            *(_mean_std(row[f"{name}_acc_mean"], row[f"{name}_acc_std"]) for name in others),
             paper,
             f"`{row['run']}`",
         ]
