@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from stn_face.errors import MissingInputError
 
-__all__ = ["load_published_rocs", "plot_roc", "read_published_roc"]
+__all__ = ["PUBLISHED_LABELS", "load_published_rocs", "plot_roc", "published_label", "read_published_roc"]
 
 Curve = tuple[np.ndarray, np.ndarray]
 
@@ -57,8 +58,25 @@ def read_published_roc(path: str | Path) -> Curve:
     return data[:, 0], data[:, 1]
 
 
+#: The method and paper (year) of each published curve of the LFW results page, by file stem.
+PUBLISHED_LABELS = {
+    "YiSun_DeepID2": "DeepID2 (Sun et al., 2014)",
+    "deepface_ensemble": "DeepFace ensemble (Taigman et al., 2014)",
+    "deepid2plus_arxiv1412.1265": "DeepID2+ (Sun et al., 2015)",
+    "dlib_LFW_roc_curve": "dlib ResNet (King, 2017)",
+    "eigenfaces-original-roc": "Eigenfaces (Turk and Pentland, 1991)",
+    "high_dim_LBP_unrestricted_cvpr13": "High-dim LBP (Chen et al., 2013)",
+}
+
+
+def published_label(stem: str) -> str:
+    """A reader's label for a published ROC file: method and paper (year), else the file name in words."""
+    return PUBLISHED_LABELS.get(stem, stem.replace("_", " ").replace("-", " "))
+
+
 def load_published_rocs(directory: str | Path) -> dict[str, Curve]:
-    """Every ``*.txt`` ROC in ``directory``, keyed by file stem, in name order."""
+    """Every ``*.txt`` ROC in ``directory``, keyed by file stem, in name order (:func:`plot_roc` labels
+    them by method and paper)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise MissingInputError(f"published ROC folder not found: {directory}")
@@ -88,7 +106,8 @@ def plot_roc(
 
     groups = [(dict(curves), {"linewidth": 1.8, "linestyle": "-"})]
     if published:
-        groups.append((dict(published), {"linewidth": 1.0, "linestyle": "--", "alpha": 0.8}))
+        groups.append(({published_label(k): v for k, v in published.items()},
+                       {"linewidth": 1.0, "linestyle": "--", "alpha": 0.8}))
     smallest = 1.0
     for group, style in groups:
         for label, (fpr, tpr) in group.items():
@@ -113,8 +132,16 @@ def plot_roc(
     axes.set_ylabel("true positive rate")
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
-    if axes.get_legend_handles_labels()[0]:
-        axes.legend(loc="lower right", fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=dpi)
+    handles, labels = axes.get_legend_handles_labels()
+    if handles:
+        # below the axes, where it hides no curve; published curves are said to be LFW View 2 results
+        if published:
+            handles.append(Line2D([], [], linestyle="none"))
+            labels.append("dashed: published LFW View 2 results (LFW results page)")
+        legend = figure.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2,
+                               fontsize="small", frameon=False)
+        figure.savefig(path, dpi=dpi, bbox_inches="tight", bbox_extra_artists=[legend])
+    else:
+        figure.tight_layout()
+        figure.savefig(path, dpi=dpi)
     return path

@@ -43,6 +43,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (``train=true``) or validate a checkpoint (``train=false``); returns the ``metrics.json`` record."""
     from stn_face.checkpoint import check_compatible, load_checkpoint, model_config
     from stn_face.training.loggers import finish_loggers, log_hyperparameters
+    from stn_face.training.progress import announce_run, report_interrupt
 
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -81,10 +82,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log_hyperparameters(trainer, cfg)
     if ckpt_path:
         check_compatible(model, ckpt_path)
+    if trainer.is_global_zero:
+        announce_run(cfg.paths.output_dir, trainer.max_steps, fitting)
     if fitting:
         if ckpt_path:
             log.info("resuming from %s", ckpt_path)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        if trainer.interrupted and trainer.is_global_zero:
+            report_interrupt(cfg.paths.output_dir, trainer.global_step)
     else:
         trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path)
     if cfg.get("test", False):

@@ -70,3 +70,15 @@ def test_plot_with_real_published_curves(lfw_dir: Path, tmp_path: Path) -> None:
     published = load_published_rocs(lfw_dir / "published-roc")
     mine = {"mine": published.pop("high_dim_LBP_unrestricted_cvpr13")}
     assert_png(plot_roc(mine, tmp_path / "roc.png", published=published))
+
+
+@pytest.mark.data
+def test_published_curves_are_labelled_by_method_and_paper(lfw_dir: Path) -> None:
+    import re
+
+    from stn_face.evaluation.plots import published_label
+
+    for path in (lfw_dir / "published-roc").glob("*.txt"):
+        label = published_label(path.stem)
+        assert label != path.stem and re.search(r"\((.+), (19|20)\d\d\)$", label), label
+    assert published_label("my_method_2024") == "my method 2024"  # unknown files: their name in words
