@@ -222,8 +222,10 @@ class FaceEmbedder:
     @torch.inference_mode()
     def align(self, images: ImagesLike, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """The aligned faces the backbone sees, as uint8 RGB ``(N, h, w, 3)`` (``(h, w, 3)`` for one
-        array), and the output-to-input matrices ``(N, 3, 3)`` in normalised coordinates
-        (:mod:`stn_face.geometry`; ``stn_face.geometry.corners`` gives the sampled quadrilateral)."""
+        array), and the transforms: output-to-input matrices ``(N, 3, 3)`` in normalised coordinates for
+        the linear families (:mod:`stn_face.geometry`; ``stn_face.geometry.corners`` gives the sampled
+        quadrilateral), the control points' input positions ``(N, 2 K²)`` for ``tps``
+        (``stn_face.evaluation.alignment.sampled_outline`` draws either)."""
         single = isinstance(images, np.ndarray) and images.ndim in (2, 3)
         if isinstance(images, torch.Tensor):
             chunks = list(images.split(batch_size))

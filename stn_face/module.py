@@ -181,9 +181,11 @@ class StnFaceModule(L.LightningModule):
         self._last_step_time = now
 
     def _log_transform(self, matrix: torch.Tensor, aligned: torch.Tensor, batch_size: int) -> None:
-        stats = {name: value.float().mean() for name, value in decompose(matrix.float()).items()}
-        stats["rotation"] = stats["rotation"] * (180.0 / torch.pi)
-        stats["shear"] = decompose(matrix.float())["shear"].abs().mean()
+        stats = {}
+        if self.transformer.has_matrix:  # tps returns its control points: no matrix statistics
+            stats = {name: value.float().mean() for name, value in decompose(matrix.float()).items()}
+            stats["rotation"] = stats["rotation"] * (180.0 / torch.pi)
+            stats["shear"] = decompose(matrix.float())["shear"].abs().mean()
         stats["output_std"] = aligned.float().std()
         self.log_dict({f"transform/{k}": v for k, v in stats.items()}, batch_size=batch_size)
 

@@ -10,8 +10,8 @@ import torch
 
 from stn_face.embedder import FaceEmbedder
 from stn_face.export import ExportedEmbedder, export, run_exported
-from tests.helpers import run_cli
-from tests.use_helpers import CLI_ENV, FAMILIES, compose_cli, expect_input_error, real_crops
+from tests.helpers import prepare_small_lfw, run_cli
+from tests.use_helpers import CLI_ENV, FAMILIES, _build_one, compose_cli, expect_input_error, real_crops
 
 pytestmark = [pytest.mark.data, pytest.mark.usefixtures("one_thread")]
 
@@ -25,10 +25,17 @@ def batch(view2_crops, checkpoints) -> torch.Tensor:
     return embedder.preprocess(real_crops(names, root, RUN_BATCH))
 
 
+@pytest.fixture(scope="module")
+def with_tps(checkpoints, lfw_dir, tmp_path_factory) -> dict:
+    """The shared checkpoints plus a thin-plate-spline one (its control points spread like the others')."""
+    tps = _build_one("tps", tmp_path_factory.mktemp("tps-checkpoint"), prepare_small_lfw(lfw_dir, per_identity=2))
+    return {**checkpoints, "tps": tps}
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-@pytest.mark.parametrize("family", FAMILIES)
-def test_export_matches_pytorch_on_real_crops(family, fmt, checkpoints, batch, tmp_path):
-    embedder = FaceEmbedder.from_checkpoint(checkpoints[family])
+@pytest.mark.parametrize("family", [*FAMILIES, "tps"])
+def test_export_matches_pytorch_on_real_crops(family, fmt, with_tps, batch, tmp_path):
+    embedder = FaceEmbedder.from_checkpoint(with_tps[family])
     path = export(embedder, fmt, tmp_path / f"{family}.{'onnx' if fmt == 'onnx' else 'pt'}", batch_size=EXPORT_BATCH)
     got = run_exported(path, batch)  # another batch size than the traced one
     with torch.no_grad():

@@ -55,16 +55,16 @@ def read_offline_run(run_dir: Path) -> tuple[dict, dict[str, list]]:
 
 
 def test_wandb_offline_sweep_one_run_per_job(lfw_dir, tmp_path):
-    result = run_cli(["stn_face.cli.train", "-m", "experiment=smoke", "logger=wandb", "transform=identity,projective",
+    result = run_cli(["stn_face.cli.train", "-m", "experiment=smoke", "logger=wandb", "transform=identity,projective,tps",
                       "trainer.max_steps=4", "trainer.val_check_interval=4", "trainer.log_every_n_steps=2",
                       "eval.max_pairs_per_fold=20", "trainer.enable_progress_bar=false",
                       f"paths.log_dir={tmp_path}"],
                      env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"}, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted(tmp_path.glob("smoke/multiruns/*/*/wandb/offline-run-*"))
-    assert [r.parents[1].name for r in runs] == ["0", "1"], runs  # one offline run per Hydra job
+    assert [r.parents[1].name for r in runs] == ["0", "1", "2"], runs  # one offline run per Hydra job
     infos = []
-    for run, transform in zip(runs, ["identity", "projective"]):
+    for run, transform in zip(runs, ["identity", "projective", "tps"]):
         info, history = read_offline_run(run)
         infos.append(info)
         assert f"transform={transform}" in info["name"]
@@ -82,4 +82,7 @@ def test_wandb_offline_sweep_one_run_per_job(lfw_dir, tmp_path):
         assert (run.parents[1] / "alignment" / "step000004.png").exists()
         if transform == "projective":
             assert "transform/scale" in history and 0.5 < history["transform/scale"][-1] < 1.2
-    assert infos[0]["id"] != infos[1]["id"] and infos[0]["group"] == infos[1]["group"] != ""
+        if transform == "tps":  # no matrix statistics, but the aligned output is watched
+            assert "transform/scale" not in history and history["transform/output_std"][-1] > 0.05
+    assert len({info["id"] for info in infos}) == 3 and len({info["group"] for info in infos}) == 1
+    assert infos[0]["group"] != ""

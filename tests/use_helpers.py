@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 FAMILIES = ["identity", "similarity", "affine", "projective"]
-LOCALIZATION = {"identity": "conv1_fc1", "similarity": "conv1_fc1", "affine": "conv2_fc2", "projective": "conv3_fc1"}
+LOCALIZATION = {"identity": "conv1_fc1", "similarity": "conv1_fc1", "affine": "conv2_fc2", "projective": "conv3_fc1",
+                "tps": "conv2_fc1"}  # tps: built on demand (tests/test_export.py), not one of FAMILIES
 # stored in the checkpoints' verification-callback state: `lfw` (View 2) must win over `lfw_view1`
 THRESHOLD, VIEW1_THRESHOLD = 0.25, 0.75
 PARAM_SPREAD = 0.05  # std of the localization parameters around their start, so every face moves differently

@@ -23,9 +23,11 @@ USAGE = "usage: stn-face-visualize ckpt=PATH input=DIR_OR_IMAGE [output=FILE.png
 
 @hydra_command("visualize")
 def main(cfg) -> Path:
+    import torch
     from PIL import Image
 
     from stn_face.data.images import ImageReadError, read_rgb
+    from stn_face.evaluation.alignment import sampled_outline
     from stn_face.evaluation.drawing import draw_pair, grid, quad_pixels
     from stn_face.paths import list_images, resolve_checkpoint
 
@@ -55,9 +57,10 @@ def main(cfg) -> Path:
     if not faces:
         raise InputError(f"none of the images below {source} could be read")
     tile = int(cfg.tile)
-    aligned, matrices = embedder.align(faces)
-    quads = quad_pixels(matrices, tile)
-    cells = [draw_pair(f, a, q, tile, c) for f, a, q, c in zip(faces, aligned, quads, captions)]
+    aligned, transforms = embedder.align(faces)
+    outlines, lines = sampled_outline(embedder.transformer, torch.as_tensor(transforms))
+    quads, curves = quad_pixels(outlines, tile), [None] * len(faces) if lines is None else quad_pixels(lines, tile)
+    cells = [draw_pair(f, a, q, tile, c, g) for f, a, q, c, g in zip(faces, aligned, quads, captions, curves)]
     output = Path(str(cfg.output)).expanduser()
     output.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid(cells, int(cfg.columns))).save(output)

@@ -1,8 +1,9 @@
 """Callbacks that show and watch the learned alignment.
 
-* :class:`AlignmentGridCallback` draws a fixed set of input crops with the transformer's sampling
-  quadrilateral on each, beside the aligned faces the backbone sees (``alignment/stepNNNNNN.png``
-  in the run folder, also sent to W&B / TensorBoard).
+* :class:`AlignmentGridCallback` draws a fixed set of input crops with the outline of where the
+  transformer samples on each (a quadrilateral for the linear families; for ``tps`` a curved outline and
+  the warped grid lines), beside the aligned faces the backbone sees (``alignment/stepNNNNNN.png`` in
+  the run folder, also sent to W&B / TensorBoard).
 * :class:`TransformCollapseMonitor` warns when the transform degenerates: the mean scale falls
   below ``min_scale`` (the transformer zooms onto a few pixels) or the aligned output becomes
   blank (``transform/output_std`` near 0, e.g. sampling entirely outside the image).
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from stn_face.data.transforms import MEAN, STD
-from stn_face.geometry import corners, to_pixel_points
+from stn_face.geometry import grid_lines, square_outline, to_pixel_points
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,25 @@ def denormalise(images: torch.Tensor) -> np.ndarray:
     return out.clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
-def draw_alignment_grid(images: torch.Tensor, aligned: torch.Tensor, matrix: torch.Tensor, path: str | Path,
-                        title: str = "", pairs_per_row: int = 4) -> Path:
-    """Save a PNG: each input with its sampling quadrilateral (red) next to its aligned output."""
+def sampled_outline(transformer, transform: torch.Tensor, lines: int = 5,
+                    points_per_side: int = 16) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Where a :class:`~stn_face.nn.SpatialTransformer` samples, for its ``transform`` output: the outline
+    ``(B, M, 2)`` (normalised input points, a closed polygon starting at the top-left corner: the four
+    corners for the linear families, ``points_per_side`` points a side otherwise) and, for a non-linear
+    family, ``lines`` warped horizontal and vertical grid lines ``(B, 2 lines, P, 2)`` (else None)."""
+    if transformer.has_matrix:  # straight edges: the quadrilateral of the four corners
+        return transformer.map_points(transform, square_outline(1)), None
+    outline = transformer.map_points(transform, square_outline(points_per_side))
+    straight = grid_lines(lines, 4 * points_per_side)
+    warped = transformer.map_points(transform, straight.reshape(-1, 2))
+    return outline, warped.reshape(transform.shape[0], *straight.shape)
+
+
+def draw_alignment_grid(images: torch.Tensor, aligned: torch.Tensor, outline: torch.Tensor, path: str | Path,
+                        title: str = "", pairs_per_row: int = 4, lines: torch.Tensor | None = None) -> Path:
+    """Save a PNG: each input with the outline ``(B, M, 2)`` of where it is sampled (red; normalised
+    input points, see :func:`sampled_outline`) and optional warped grid lines ``(B, L, P, 2)`` (thin
+    red), next to its aligned output."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,7 +67,8 @@ def draw_alignment_grid(images: torch.Tensor, aligned: torch.Tensor, matrix: tor
 
     inputs, outputs = denormalise(images), denormalise(aligned)
     height, width = inputs.shape[1:3]
-    quads = corners_to_pixels(corners(matrix.detach().float().cpu()), height, width)
+    quads = corners_to_pixels(outline, height, width)
+    curves = None if lines is None else corners_to_pixels(lines, height, width)
     n = inputs.shape[0]
     rows = max(1, -(-n // pairs_per_row))
     cols = 2 * min(n, pairs_per_row)
@@ -63,6 +81,8 @@ def draw_alignment_grid(images: torch.Tensor, aligned: torch.Tensor, matrix: tor
         ax_in.imshow(inputs[i], interpolation="nearest")
         quad = np.vstack([quads[i], quads[i][:1]])
         ax_in.plot(quad[:, 0], quad[:, 1], "-", color="red", linewidth=1.2)
+        for curve in () if curves is None else curves[i]:
+            ax_in.plot(curve[:, 0], curve[:, 1], "-", color="red", linewidth=0.5)
         ax_in.plot(quad[0, 0], quad[0, 1], "o", color="yellow", markersize=2.5)  # top-left corner
         ax_in.set_xlim(-0.5, width - 0.5)
         ax_in.set_ylim(height - 0.5, -0.5)
@@ -83,7 +103,8 @@ class AlignmentGridCallback(L.Callback):
     the training set when there is none), so successive grids are comparable."""
 
     def __init__(self, every_n_steps: int = 500, num_images: int = 16, output_dir: str | None = None,
-                 source: str = "val", pairs_per_row: int = 4) -> None:
+                 source: str = "val", pairs_per_row: int = 4, grid_lines: int = 5) -> None:
+        self.grid_lines = int(grid_lines)  # warped grid lines each way, for a non-linear family (tps)
         self.every_n_steps = int(every_n_steps)
         self.num_images = int(num_images)
         self.output_dir = output_dir
@@ -129,13 +150,14 @@ class AlignmentGridCallback(L.Callback):
         transformer.eval()
         try:
             with torch.autocast(device_type=pl_module.device.type, enabled=False):
-                aligned, matrix = transformer(self.images.to(pl_module.device))
+                aligned, transform = transformer(self.images.to(pl_module.device))
+                outline, lines = sampled_outline(transformer, transform, self.grid_lines)
         finally:
             transformer.train(was_training)
         out = Path(self.output_dir or trainer.default_root_dir) / "alignment"
-        path = draw_alignment_grid(self.images, aligned, matrix, out / f"step{trainer.global_step:06d}.png",
+        path = draw_alignment_grid(self.images, aligned, outline, out / f"step{trainer.global_step:06d}.png",
                                    title=f"{transformer.transform_name} transform, step {trainer.global_step}",
-                                   pairs_per_row=self.pairs_per_row)
+                                   pairs_per_row=self.pairs_per_row, lines=lines)
         self.written.append(path)
         from stn_face.training.loggers import log_image_file
 
@@ -149,7 +171,8 @@ class TransformCollapseMonitor(L.Callback):
     An event starts when ``transform/scale < min_scale``, ``transform/output_std < min_output_std`` or
     ``transform/perspective > max_perspective`` (a homography folding the face towards its horizon:
     seen at lr 0.1 with a 20-step warm-up, experiments/cpu_celeba) and ends when all are healthy again; each event gives one ``log.warning`` and increments the
-    logged metric ``transform/collapse_warnings``. Nothing is checked without a localization net.
+    logged metric ``transform/collapse_warnings``. Nothing is checked without a localization net; a
+    family without a matrix (``tps``) logs no scale or perspective, so only its output is checked.
     """
 
     def __init__(self, min_scale: float = 0.3, min_output_std: float = 0.05, max_perspective: float = 0.5) -> None:
@@ -184,10 +207,10 @@ class TransformCollapseMonitor(L.Callback):
         if getattr(pl_module.transformer, "localization", None) is None:
             return
         metrics = trainer.callback_metrics
-        if "transform/scale" not in metrics:
+        if "transform/output_std" not in metrics:
             return
         step = trainer.global_step
-        scale = float(metrics["transform/scale"])
+        scale = float(metrics["transform/scale"]) if "transform/scale" in metrics else None
         output_std = float(metrics["transform/output_std"]) if "transform/output_std" in metrics else None
         perspective = float(metrics["transform/perspective"]) if "transform/perspective" in metrics else None
         key = (scale, output_std, perspective)

@@ -1,8 +1,8 @@
 """Pictures of what the spatial transformer does to a face, drawn with OpenCV on uint8 RGB arrays.
 
 Used by ``stn-face-visualize``: each cell is an input face (the crop the network gets) with the
-quadrilateral the transformer samples (green, its top-left corner red), the aligned face beside it,
-and a caption strip.
+outline the transformer samples (green, its top-left corner red; for tps the warped grid too), the
+aligned face beside it, and a caption strip.
 """
 
 from __future__ import annotations
@@ -12,20 +12,21 @@ import numpy as np
 CAPTION = 18
 
 
-def quad_pixels(matrices: np.ndarray, tile: int) -> np.ndarray:
-    """Sampled quadrilaterals ``(N, 4, 2)`` in pixel coordinates of an input drawn ``tile`` pixels wide,
-    from output-to-input matrices ``(N, 3, 3)`` (normalised ``align_corners=False`` coordinates:
-    ``u = ((x + 1) * tile - 1) / 2``)."""
+def quad_pixels(points, tile: int) -> np.ndarray:
+    """Normalised input points ``(..., 2)`` (the outlines or grid lines of
+    :func:`stn_face.evaluation.alignment.sampled_outline`) in pixel coordinates of an input drawn ``tile``
+    pixels wide (``align_corners=False``: ``u = ((x + 1) * tile - 1) / 2``)."""
     import torch
 
-    from stn_face.geometry import corners, to_pixel_points
+    from stn_face.geometry import to_pixel_points
 
-    return to_pixel_points(corners(torch.as_tensor(matrices, dtype=torch.float64)), tile, tile).numpy()
+    return to_pixel_points(torch.as_tensor(points, dtype=torch.float64), tile, tile).numpy()
 
 
-def draw_pair(face: np.ndarray, aligned: np.ndarray, quad: np.ndarray, tile: int, caption: str) -> np.ndarray:
-    """One cell ``(tile + CAPTION, 2 tile + 4, 3)``: the input with its quadrilateral | the aligned face,
-    over a caption strip."""
+def draw_pair(face: np.ndarray, aligned: np.ndarray, quad: np.ndarray, tile: int, caption: str,
+              lines: np.ndarray | None = None) -> np.ndarray:
+    """One cell ``(tile + CAPTION, 2 tile + 4, 3)``: the input with its sampled outline ``(M, 2)`` (and
+    warped grid ``lines (L, P, 2)``, pixels) | the aligned face, over a caption strip."""
     import cv2
 
     left = cv2.resize(face, (tile, tile), interpolation=cv2.INTER_LINEAR if face.shape[0] < tile else cv2.INTER_AREA)
@@ -35,6 +36,9 @@ def draw_pair(face: np.ndarray, aligned: np.ndarray, quad: np.ndarray, tile: int
     points = np.round(quad * 16).astype(np.int32)  # 4 fractional bits
     cv2.polylines(left, [points.reshape(-1, 1, 2)], isClosed=True, color=(0, 255, 0), thickness=thickness,
                   lineType=cv2.LINE_AA, shift=4)
+    for line in () if lines is None else lines:
+        cv2.polylines(left, [np.round(line * 16).astype(np.int32).reshape(-1, 1, 2)], isClosed=False,
+                      color=(0, 255, 0), thickness=1, lineType=cv2.LINE_AA, shift=4)
     cv2.circle(left, tuple(int(v) for v in points[0]), 3 * thickness * 16, (255, 0, 0), -1, cv2.LINE_AA, shift=4)
     cell = np.full((tile + CAPTION, 2 * tile + 4, 3), 255, np.uint8)
     cell[:tile, :tile] = left

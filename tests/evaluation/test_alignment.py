@@ -14,8 +14,11 @@ from stn_face.evaluation.alignment import (
     AlignmentGridCallback,
     TransformCollapseMonitor,
     corners_to_pixels,
+    draw_alignment_grid,
+    sampled_outline,
 )
-from stn_face.geometry import corners, warp
+from stn_face.geometry import corners, square_outline, tps_control_points, transform_points, warp
+from stn_face.nn import LocalizationNet, SpatialTransformer
 from tests.helpers import LFW_TRAIN_PEOPLE, prepare_small_lfw
 from tests.test_configs import compose_train
 
@@ -51,12 +54,36 @@ def test_collapse_monitor_counts_events_once():
     assert monitor.check(0.51, 0.38, 9, perspective=1.57) and monitor.warnings == 4
 
 
+def _size_and_red(path):
+    """(width, height, mask of red pixels) of a PNG."""
+    with Image.open(path) as png:
+        width, height = png.size
+        pixels = np.asarray(png.convert("RGB")).astype(int)
+    return width, height, (pixels[..., 0] > 200) & (pixels[..., 1] < 60) & (pixels[..., 2] < 60)
+
+
+def test_tps_outline_and_grid_follow_the_warp():
+    stn = SpatialTransformer("tps", lambda **kw: LocalizationNet(conv_channels=(8,), **kw), input_size=128)
+    affine = torch.tensor([[[0.7, -0.2, 0.1], [0.2, 0.7, -0.1], [0.0, 0.0, 1.0]]])
+    params = transform_points(affine, tps_control_points(4, torch.float32)).reshape(1, -1)
+    outline, lines = sampled_outline(stn, params, lines=4, points_per_side=8)
+    # an affine set of control points: the outline is the affine image of the square's boundary
+    torch.testing.assert_close(outline, transform_points(affine, square_outline(8)), atol=1e-5, rtol=0)
+    assert lines.shape == (1, 8, 32, 2)
+    # the grid lines through the control points pass through where the control points land
+    torch.testing.assert_close(lines[0, :4, ::31].reshape(-1, 2), params.reshape(-1, 2)[[0, 3, 4, 7, 8, 11, 12, 15]],
+                               atol=1e-5, rtol=0)
+    quad, none = sampled_outline(SpatialTransformer("affine", lambda **kw: LocalizationNet(conv_channels=(8,), **kw)),
+                                 affine)
+    assert none is None and quad.shape == (1, 4, 2)
+
+
 @pytest.fixture(scope="module")
 def small_lfw(lfw_dir):
     return prepare_small_lfw(lfw_dir)
 
 
-@pytest.mark.parametrize("transform,init_scale", [("projective", 0.2), ("identity", 0.875)])
+@pytest.mark.parametrize("transform,init_scale", [("projective", 0.2), ("identity", 0.875), ("tps", 0.875)])
 def test_grid_and_monitor_in_training(transform, init_scale, small_lfw, tmp_path, caplog):
     cfg = compose_train([f"transform={transform}", f"transform.init_scale={init_scale}", "backbone=tiny",
                          "head=arcface_small", "model.margin_warmup_steps=0"], tmp_path)
@@ -75,14 +102,20 @@ def test_grid_and_monitor_in_training(transform, init_scale, small_lfw, tmp_path
         trainer.fit(model, datamodule=datamodule)
     names = sorted(p.name for p in (tmp_path / "alignment").glob("*.png"))
     assert names == ["step000002.png", "step000003.png"]
-    with Image.open(tmp_path / "alignment" / "step000003.png") as png:
-        width, height = png.size
-        pixels = np.asarray(png.convert("RGB")).astype(int)
+    width, height, red = _size_and_red(tmp_path / "alignment" / "step000003.png")
     assert width > 2 * height > 200  # 4 pairs per row, 2 rows
-    red = (pixels[..., 0] > 200) & (pixels[..., 1] < 60) & (pixels[..., 2] < 60)
     assert red.sum() > 100  # the quadrilaterals are drawn
     if transform == "projective":  # the transformer starts zoomed onto 20 % of the crop: one event
         assert monitor.warnings == 1 and "collapsing" in caplog.text
         assert float(trainer.callback_metrics["transform/collapse_warnings"]) == 1.0
+    elif transform == "tps":  # no matrix statistics; its output is watched, and is healthy
+        assert "transform/scale" not in trainer.callback_metrics
+        assert float(trainer.callback_metrics["transform/output_std"]) > 0.05
+        assert monitor.warnings == 0 and float(trainer.callback_metrics["transform/collapse_warnings"]) == 0.0
+        with torch.no_grad():
+            aligned, transform = model.transformer.eval()(grid.images)
+        outline, _ = sampled_outline(model.transformer, transform)
+        *_, outline_only = _size_and_red(draw_alignment_grid(grid.images, aligned, outline, tmp_path / "bare.png"))
+        assert red.sum() > 1.5 * outline_only.sum()  # and the warped grid lines inside
     else:  # no localization net: nothing checked
         assert monitor.warnings == 0 and "transform/collapse_warnings" not in trainer.callback_metrics
