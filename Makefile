@@ -7,7 +7,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export STN_FACE_DATA ?= $(abspath ../shared/data)
 ARGS ?=
 
-.PHONY: install train smoke test test-fast lint bench sweep report data clean
+.PHONY: install train smoke test test-fast lint bench gpu-check sweep report data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,11 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check stn_face tests benchmarks
 
-bench: install  ## CPU benchmark suite, writes benchmarks/results/<date>-<host>.json
+bench: install  ## CPU benchmark suite (benchmarks/cpu.py), writes logs/bench/<date>-<host>.json
 	$(VENV)/bin/stn-face-bench $(ARGS)
+
+gpu-check: install  ## one GPU, < 8 min: the GPU path end to end (benchmarks/gpu_check.py), one JSON; ARGS=--dry-run on a CPU
+	$(PY) -m benchmarks.gpu_check $(ARGS)
 
 sweep: install  ## the four transform types on the smoke setting
 	$(VENV)/bin/stn-face-train -m experiment=smoke transform=identity,similarity,affine,projective $(ARGS)

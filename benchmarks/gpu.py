@@ -27,7 +27,7 @@ import json
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -297,8 +297,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Every configuration of ``args``; the JSON-ready result. Needs CUDA unless ``args.dry_run``."""
+def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every configuration of ``args``; the JSON-ready result, handed to ``save`` after each configuration
+    too (a run stopped from outside keeps what it measured). Needs CUDA unless ``args.dry_run``."""
     quiet()
     started = time.perf_counter()
     precision = trainer_precision("auto", "gpu")
@@ -316,35 +317,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     batches = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     # eager first (cheap), then compiled (a cold compile takes a minute or more)
     plan = [(b, n, c) for c in compiles for b in backbones for n in batches]
-    rows = []
-    for backbone, batch, compiled in plan:
-        left = args.budget_s - (time.perf_counter() - started)
-        if left <= 0 or (compiled and left < args.compile_reserve_s):
-            rows.append(
-                {
-                    "backbone": backbone,
-                    "batch_size": batch,
-                    "compile": compiled,
-                    "error": f"skipped: {max(left, 0):.0f} s of the {args.budget_s:.0f} s budget left",
-                }
-            )
-        else:
-            try:
-                rows.append(run_config(backbone, batch, compiled, args, device, precision))
-            except Exception as err:  # noqa: BLE001 - an OOM or compile failure is a result to record
-                text = str(err).strip().splitlines()
-                rows.append(
-                    {
-                        "backbone": backbone,
-                        "batch_size": batch,
-                        "compile": compiled,
-                        "error": f"{type(err).__name__}: {text[0] if text else ''}"[:500],
-                    }
-                )
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-        print(row_text(rows[-1]), flush=True)
-    return {
+    rows: list[dict[str, Any]] = []
+    result = {
         "schema": 2,
         "date": _dt.date.today().isoformat(),
         "host": socket.gethostname(),
@@ -354,9 +328,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "precision": precision,
         "settings": vars(args),
         "results": rows,
-        "targets": targets(rows, name),
-        "wall_s": time.perf_counter() - started,
+        "planned": len(plan),
+        "targets": {},
+        "wall_s": 0.0,
     }
+    for backbone, batch, compiled in plan:
+        head = {"backbone": backbone, "batch_size": batch, "compile": compiled}
+        left = args.budget_s - (time.perf_counter() - started)
+        if left <= 0 or (compiled and left < args.compile_reserve_s):
+            rows.append(
+                {**head, "error": f"skipped: {max(left, 0):.0f} s of the {args.budget_s:.0f} s budget left"}
+            )
+        else:
+            try:
+                rows.append(run_config(backbone, batch, compiled, args, device, precision))
+            except Exception as err:  # noqa: BLE001 - an OOM or compile failure is a result to record
+                text = str(err).strip().splitlines()
+                rows.append({**head, "error": f"{type(err).__name__}: {text[0] if text else ''}"[:500]})
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+        print(row_text(rows[-1]), flush=True)
+        result["targets"] = targets(rows, name)
+        result["wall_s"] = time.perf_counter() - started
+        if save is not None:
+            save(result)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -364,11 +360,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.dry_run and not torch.cuda.is_available():
         print("error: no CUDA device; run with --dry-run to check the code paths on the CPU", file=sys.stderr)
         return 2
-    result = run(args)
-    if not args.no_save:
-        out = Path(args.out) if args.out else default_output(result["date"], "-gpu")
+    out = Path(args.out) if args.out else default_output(_dt.date.today().isoformat(), "-gpu")
+
+    def save(result: dict[str, Any]) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
+
+    result = run(args, None if args.no_save else save)
+    if not args.no_save:
         print(f"written {out}")
     print(f"{result['device']}: {len(result['results'])} configurations in {result['wall_s']:.0f} s")
     return 0
