@@ -42,12 +42,11 @@ def main(cfg):
     """Validate the two paths and call :func:`stn_face.data.prepare.prepare_collection`."""
     from omegaconf import OmegaConf
 
-    from stn_face.data.prepare import CropSettings, prepare_collection
-
     for key in _CLI_ONLY:
         if OmegaConf.is_missing(cfg, key) or not cfg.get(key):
             raise InputError(f"missing {key}=DIR; usage: stn-face-prepare input=RAW_DIR output=PREPARED_DIR "
                              "(RAW_DIR holds <identity>/<image> folders)")
+    from stn_face.data.prepare import CropSettings, prepare_collection  # the detector: torch (seconds)
     options = OmegaConf.to_container(cfg, resolve=True)
     input_dir, output_dir = options.pop("input"), options.pop("output")
     if isinstance(options.get("files"), str):

@@ -53,69 +53,37 @@ The package: :mod:`.settings` (:class:`CropSettings`, the detector record), :mod
 :mod:`.plan` (files, identities, output names), :mod:`.workers`, :mod:`.run` (:func:`prepare_collection`).
 """
 
-from stn_face.data.prepare.crop import (
-    CropResult,
-    center_crop,
-    crop_photo,
-    encode_jpeg,
-    face_crop,
-    insightface_norm_crop,
-    jpeg_roundtrip,
-    square_crop,
-)
-from stn_face.data.prepare.manifest import (
-    DETECTED,
-    FALLBACK,
-    MANIFEST_COLUMNS,
-    MANIFEST_NAME,
-    SETTINGS_NAME,
-    SUMMARY_NAME,
-    USABLE_STATUSES,
-    crop_path_map,
-    parse_numbers,
-    read_manifest,
-)
-from stn_face.data.prepare.plan import DEFAULT_EXTENSIONS, output_name, read_identity_list
-from stn_face.data.prepare.run import PrepareSummary, prepare_collection
-from stn_face.data.prepare.settings import (
-    BORDERS,
-    MODES,
-    CropSettings,
-    PrepareError,
-    detector_record,
-    register_config,
-)
-from stn_face.data.prepare.workers import build_detector
+from __future__ import annotations
 
-__all__ = [
-    "BORDERS",
-    "DEFAULT_EXTENSIONS",
-    "DETECTED",
-    "FALLBACK",
-    "MANIFEST_COLUMNS",
-    "MANIFEST_NAME",
-    "MODES",
-    "SETTINGS_NAME",
-    "SUMMARY_NAME",
-    "USABLE_STATUSES",
-    "CropResult",
-    "CropSettings",
-    "PrepareError",
-    "PrepareSummary",
-    "build_detector",
-    "center_crop",
-    "crop_path_map",
-    "crop_photo",
-    "detector_record",
-    "encode_jpeg",
-    "face_crop",
-    "insightface_norm_crop",
-    "jpeg_roundtrip",
-    "output_name",
-    "parse_numbers",
-    "prepare_collection",
-    "read_identity_list",
-    "read_manifest",
-    "register_config",
-    "square_crop",
-]
+import importlib
+from typing import Any
+
+# Public name -> the module that defines it. Imported on first use, so that the command can register
+# the crop settings' defaults (settings.py: no detector, no torch) before anything heavy is loaded.
+_EXPORTS = {
+    **dict.fromkeys(("CropResult", "center_crop", "crop_photo", "encode_jpeg", "face_crop",
+                     "insightface_norm_crop", "jpeg_roundtrip", "square_crop"), "crop"),
+    **dict.fromkeys(("DETECTED", "FALLBACK", "MANIFEST_COLUMNS", "MANIFEST_NAME", "SETTINGS_NAME",
+                     "SUMMARY_NAME", "USABLE_STATUSES", "crop_path_map", "parse_numbers", "read_manifest"),
+                    "manifest"),
+    **dict.fromkeys(("DEFAULT_EXTENSIONS", "output_name", "read_identity_list"), "plan"),
+    **dict.fromkeys(("PrepareSummary", "prepare_collection"), "run"),
+    **dict.fromkeys(("BORDERS", "MODES", "CropSettings", "PrepareError", "detector_record", "register_config"),
+                    "settings"),
+    "build_detector": "workers",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

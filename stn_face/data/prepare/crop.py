@@ -19,7 +19,9 @@ import numpy as np
 
 from stn_face.data.detect import Detection, FaceDetector, select_face
 from stn_face.data.prepare.manifest import DETECTED, FALLBACK
-from stn_face.data.prepare.settings import BORDERS, CropSettings, PrepareError
+from stn_face.data.prepare.settings import CropSettings, PrepareError
+
+_BORDER_MODES = {"constant": cv2.BORDER_CONSTANT, "replicate": cv2.BORDER_REPLICATE}  # settings.BORDERS
 
 
 def square_crop(image: np.ndarray, center: tuple[float, float], side: float, size: int,
@@ -36,7 +38,7 @@ def square_crop(image: np.ndarray, center: tuple[float, float], side: float, siz
         raise ValueError(f"crop square {(x0, y0, x1, y1)} lies outside the {width}x{height} image")
     pads = (max(0, -y0), max(0, y1 - height), max(0, -x0), max(0, x1 - width))
     if any(pads):
-        inner = cv2.copyMakeBorder(inner, *pads, BORDERS[border], value=(0, 0, 0))
+        inner = cv2.copyMakeBorder(inner, *pads, _BORDER_MODES[border], value=(0, 0, 0))
     interpolation = cv2.INTER_AREA if s > size else cv2.INTER_LINEAR
     return cv2.resize(inner, (size, size), interpolation=interpolation)
 

@@ -280,7 +280,8 @@ def _run(tasks: list[Task], rows: dict[str, dict[str, str]], settings: CropSetti
 
         try:
             if is_cpu(summary.device) and summary.workers > 1:
-                run_in_processes(tasks, settings, detector_spec, summary.device, summary.workers, photos_per_batch, on_row)
+                run_in_processes(tasks, settings, detector_spec, summary.device, summary.workers, photos_per_batch,
+                                 on_row)
             else:
                 run_in_process(tasks, settings, detector, photos_per_batch, summary.workers, on_row)
         finally:

@@ -14,14 +14,14 @@ from dataclasses import asdict, dataclass, fields
 from functools import partial
 from typing import Any
 
-import cv2
-
-from stn_face.data.detect import SELECTION_POLICIES, MTCNNDetector
 from stn_face.data.images import DEFAULT_MAX_PIXELS
 from stn_face.errors import InputError
 
+# This module imports no detector (nor torch, nor OpenCV): the stn-face-prepare command registers the
+# defaults below before Hydra composes its config, and an `error:` exit should stay quick.
+
 MODES = ("crop", "landmarks")
-BORDERS = {"constant": cv2.BORDER_CONSTANT, "replicate": cv2.BORDER_REPLICATE}
+BORDERS = ("constant", "replicate")  # OpenCV's border modes of the same names (stn_face.data.prepare.crop)
 #: Settings that decide what a photo may be (how large) rather than what its crop looks like: left out of
 #: ``prepare_settings.json``, so raising ``max_pixels`` for one huge photo does not invalidate a folder.
 UNRECORDED_FIELDS = ("max_pixels", "downscale_large")
@@ -77,6 +77,8 @@ class CropSettings:
         self.validate()
 
     def validate(self) -> None:
+        from stn_face.data.detect import SELECTION_POLICIES
+
         if self.mode not in MODES:
             raise PrepareError(f"mode={self.mode!r} is unknown; use mode=crop or mode=landmarks")
         if self.size <= 0:
@@ -126,7 +128,7 @@ def register_config() -> None:
     """
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name=CONFIG_NAME, node=CropSettings().to_dict())
+    ConfigStore.instance().store(name=CONFIG_NAME, node={f.name: f.default for f in fields(CropSettings)})
 
 
 def detector_record(spec: Any, detector: Any = None) -> dict[str, Any]:
@@ -140,6 +142,8 @@ def detector_record(spec: Any, detector: Any = None) -> dict[str, Any]:
     ``describe()``'s ``runtime`` are left out.
     """
     if spec is None or (isinstance(spec, Mapping) and "_target_" not in spec):
+        from stn_face.data.detect import MTCNNDetector
+
         defaults = {name: p.default for name, p in inspect.signature(MTCNNDetector).parameters.items()
                     if p.default is not inspect.Parameter.empty}
         record = dict(sorted({**defaults, **dict(spec or {})}.items()))
