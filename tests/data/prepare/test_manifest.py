@@ -16,7 +16,8 @@ from stn_face.data.prepare.manifest import (
 
 def test_rows_written_appended_and_cut_off(tmp_path):
     face = Detection((10.0, 20.0, 110.0, 140.0), 0.98765, [[40, 60], [80, 61], [60, 90], [45, 110], [75, 111]])
-    first = [manifest_row("b/2.jpg", "b", "failed: empty file"), manifest_row("a/1.jpg", "a", "detected", "a/1.jpg", face)]
+    first = [manifest_row("b/2.jpg", "b", "failed: empty file"),
+             manifest_row("a/1.jpg", "a", "detected", "a/1.jpg", face)]
     write_manifest(tmp_path, first)
     with ManifestAppender(tmp_path) as manifest:  # a later run redoes b/2.jpg
         manifest.append(manifest_row("b/2.jpg", "b", "fallback_center", "b/2.jpg"))
