@@ -200,13 +200,16 @@ def find_runs(root: str | Path) -> list[Run]:
 # The table
 
 
-def _benchmark(run: Run, name: str) -> dict[str, Any] | None:
+def _benchmark_key(run: Run, name: str) -> str | None:
+    """The set shown in the ``name`` column: ``name`` itself, else the first set whose name starts with it."""
     if name in run.metrics:
-        return run.metrics[name]
-    for key, value in run.metrics.items():
-        if key.startswith(name):
-            return value
-    return None
+        return name
+    return next((key for key in run.metrics if key.startswith(name)), None)
+
+
+def _benchmark(run: Run, name: str) -> dict[str, Any] | None:
+    key = _benchmark_key(run, name)
+    return None if key is None else run.metrics[key]
 
 
 def _percent(value: Any) -> float | None:
@@ -228,8 +231,10 @@ def _sort_key(run: Run, root: Path) -> tuple:
 
 
 def _other_sets(runs: Sequence[Run]) -> list[str]:
-    """Sets beside LFW and YTF any run scored (``cfp_fp``, ``agedb_30``, ... from ``.bin`` files), sorted."""
-    return sorted({name for run in runs for name in run.metrics if not name.startswith(("lfw", "ytf"))})
+    """Sets any run scored beside those in its LFW and YTF columns (``cfp_fp``, ``agedb_30``, ... from ``.bin``
+    files), sorted."""
+    return sorted({name for run in runs for name in run.metrics
+                   if name not in (_benchmark_key(run, "lfw"), _benchmark_key(run, "ytf"))})
 
 
 def table_rows(runs: Sequence[Run], root: str | Path, far: str = "1e-3") -> list[dict[str, Any]]:
@@ -284,7 +289,7 @@ def _mean_std(mean: Any, std: Any) -> str:
 
 def _markdown(rows: Sequence[Mapping[str, Any]], far: str) -> str:
     others = [key[: -len("_acc_mean")] for key in (rows[0] if rows else {})
-              if key.endswith("_acc_mean") and not key.startswith(("lfw", "ytf"))]
+              if key.endswith("_acc_mean") and key not in ("lfw_acc_mean", "ytf_acc_mean")]
     header = [
         "Transform",
         "Localization",
