@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 
 from stn_face.data.bin_sets import (
-    BinFormatError,
     BinVerificationSet,
     consecutive_folds,
-    expand_bin_dirs,
     pack_pairs,
     read_bin,
     write_bin,
@@ -123,7 +121,7 @@ def test_bin_dir_expands_to_one_named_set_per_file(lfw_dir, tmp_path, monkeypatc
     from hydra.utils import instantiate
 
     assert [len(instantiate(c).load().pairs) for c in configs] == [40, 20]
-    clash = compose_train(["eval=lfw", f"+eval@extra_eval.bins=bin", f"extra_eval.bins.bin_dir={folder}"], tmp_path)
+    clash = compose_train(["eval=lfw", "+eval@extra_eval.bins=bin", f"extra_eval.bins.bin_dir={folder}"], tmp_path)
     assert "both named 'lfw'" in expect_input_error(capsys, eval_set_configs, clash)
     (tmp_path / "empty").mkdir()
     empty = compose_train(["eval=bin", f"eval.bin_dir={tmp_path / 'empty'}"], tmp_path)
