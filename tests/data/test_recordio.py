@@ -217,3 +217,20 @@ def test_folder_selection_options_are_refused(celeba_pack, capsys):
     assert "data.path=DIR" in expect_input_error(capsys, module.setup, "fit")
     missing = FaceDataModule(source="rec", path=str(celeba_pack / "nothing-here"))
     assert "train.rec" in expect_input_error(capsys, missing.setup, "fit")
+
+
+def test_rec_config_starts_from_the_identity_view(celeba_pack, tmp_path):
+    """data=rec: 112x112 aligned faces in, 112x112 out, so the learned transform starts as the identity."""
+    from hydra.utils import instantiate
+
+    from tests.test_configs import compose_train
+
+    cfg = compose_train(["data=rec", f"data.path={celeba_pack}", "transform=affine"], tmp_path)
+    assert cfg.data.image_size == 112 and cfg.data.source == "rec"
+    transformer = instantiate(cfg.transform).eval()
+    assert transformer.init_scale == 1.0
+    faces = torch.stack([RecordImageDataset(celeba_pack, train_transform(112, hflip=0.0))[i][0] for i in range(4)])
+    with torch.no_grad():
+        aligned, matrices = transformer(faces)
+    assert torch.allclose(matrices, torch.eye(3).expand(4, 3, 3), atol=1e-6)
+    assert (aligned - faces).abs().max() < 1e-4  # the untrained transformer passes the aligned face through
