@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from stn_face.data.images import ImageReadError, read_rgb
+from stn_face.data.images import ImageReadError, decode_rgb, read_rgb
+from stn_face.data.recordio import RecordIOError, open_packed
 from stn_face.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -141,8 +142,6 @@ class RecordImageDataset(LabelledImages):
     """
 
     def __init__(self, path: str | Path, transform: Callable[..., dict], check_records: int = 1000) -> None:
-        from stn_face.data.recordio import open_packed
-
         self.packed = open_packed(path, check_records)
         super().__init__(transform)
 
@@ -157,9 +156,6 @@ class RecordImageDataset(LabelledImages):
         return f"{self.packed.records.rec_path} record {int(self.packed.keys[index])}"
 
     def read(self, index: int) -> tuple[np.ndarray, int]:
-        from stn_face.data.images import decode_rgb
-        from stn_face.data.recordio import RecordIOError
-
         record = self.packed.records.read(int(self.packed.keys[index]))
         label = record.identity
         if not (0 <= label < self.packed.num_classes and label == int(label)):
