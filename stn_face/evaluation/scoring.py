@@ -41,6 +41,10 @@ def build_eval_set(eval_cfg: DictConfig | dict[str, Any]):
 
         if data_root(required=False) is None:  # the data root itself is missing, not this one file
             raise MissingInputError(f"pair file not found: {pairs_file}: the face data was not found. {HOW_TO_GET_DATA}")
+    if not pairs_file.is_file() and options.get("protocol") == "bin":
+        given = f"{options['pairs_file']} does not exist; " if options.get("pairs_file") else ""
+        raise MissingInputError(f"{given}eval=bin needs eval.path=FILE.bin, an insightface verification .bin such as "
+                                "lfw.bin (`stn-face-pack bin` makes one from a pair file and images)")
     if not pairs_file.is_file():
         raise MissingInputError(f"pair file not found: {pairs_file}; pass eval.pairs=PATH (an LFW pairs.txt or "
                                 "a YTF splits.txt)")

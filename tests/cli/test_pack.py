@@ -124,3 +124,10 @@ def test_training_validates_on_every_bin_of_a_folder(rec_training, data_dir, tmp
     # bad input on the command line: one error line
     message = expect_input_error(capsys, pack_cli.main, ["bin", str(tmp_path / "none.txt"), str(bins), "x.bin"])
     assert "none.txt does not exist" in message
+
+
+def test_eval_bin_without_its_file_is_one_clear_error(tmp_path, capsys):
+    for path, expected in ((None, "eval=bin needs eval.path=FILE.bin"), (tmp_path / "none.bin", "none.bin does not exist")):
+        overrides = [f"paths.output_dir={tmp_path}", "ckpt=x.ckpt", "eval=bin"] + ([f"eval.path={path}"] if path else [])
+        message = expect_input_error(capsys, evaluate_cli.main, compose_cli("evaluate", overrides))
+        assert expected in message and "stn-face-pack bin" in message
