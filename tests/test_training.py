@@ -69,6 +69,9 @@ def test_smoke_experiment_cli(lfw_dir, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 6 and metrics["n_pairs"] == 40
     assert 0.0 <= metrics["accuracy_mean"] <= 1.0 and 0.0 <= metrics["auc"] <= 1.0
+    # progress counts the run's steps (of max_steps), and the run folder is announced at the start
+    output = result.stdout + result.stderr
+    assert "train steps" in output and "6/6" in output and f"run folder: {run}" in output
     assert (run / ".hydra" / "config.yaml").exists() and (run / "roc_lfw_view1.png").stat().st_size > 5000
     assert (run / "checkpoints" / "last.ckpt").exists()
     # one last.ckpt (no last-v1.ckpt from a second save_last callback) and the best checkpoint
