@@ -34,7 +34,7 @@ def test_quick_run_writes_every_figure(quick_result, crops):
     assert r["settings"]["quick"] is True and r["data"] == str(crops)
     for key in ("framework_overhead_ratio", "pipeline_ratio", "eval_images_per_second", "wall_s"):
         assert _positive(r[key]), key
-    assert set(r["stn_step_share"]) == {"similarity", "affine", "projective"}
+    assert set(r["stn_step_share"]) == {"similarity", "affine", "projective", "tps"}
     assert all(0 < v < 1 for v in r["stn_step_share"].values())
     assert set(r["targets"]) == {
         "framework_overhead_ratio",
@@ -42,6 +42,7 @@ def test_quick_run_writes_every_figure(quick_result, crops):
         "stn_step_share[similarity]",
         "stn_step_share[affine]",
         "stn_step_share[projective]",
+        "stn_step_share[tps]",
     }
     o = r["overhead"]
     for key in (
@@ -59,12 +60,13 @@ def test_quick_run_writes_every_figure(quick_result, crops):
         "similarity",
         "affine",
         "projective",
+        "tps",
         "projective_loader",
     }
     assert all(_positive(v) for v in p["step_wall_seconds_median"].values())
     assert _positive(p["pipeline_ratio_wall"]) and _positive(p["loader_alone_images_per_second"])
     assert p["loader_worker_cpu_ms_per_image"] >= 0
-    assert set(p["stn_step_share_diff"]) == {"similarity", "affine", "projective"}
+    assert set(p["stn_step_share_diff"]) == {"similarity", "affine", "projective", "tps"}
     assert all(_positive(v) for v in p["transformer_fwd_bwd_cpu_seconds"].values())
     assert _positive(r["eval"]["model_only_images_per_second"]) and r["eval"]["mirror"] is True
     rows = {row["config"]: row for row in r["precision_layout"]}
@@ -171,6 +173,7 @@ def test_bare_trainer_uses_the_module_parameter_groups():
     assert any(not torch.equal(a, b) for a, b in zip(before, model.transformer.parameters()))
 
 
+@pytest.mark.slow
 def test_bare_loop_trains_exactly_as_lightning(crops):
     """Same model, batches and seed: 5 steps of the bare loop and of a real Trainer give the same weights.
     The margin warm-up and ramp, the localization group's rate, its clipping and the schedule all act."""

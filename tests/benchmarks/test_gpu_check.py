@@ -47,6 +47,7 @@ def test_dry_run_runs_every_stage(lfw_dir, tmp_path):
     assert row["error"] is None and row["backbone"] == "tiny" and row["framework_overhead_ratio"] > 0
 
 
+@pytest.mark.slow  # a subprocess: imports torch and composes the configs
 def test_without_a_gpu_it_says_how_to_run_the_dry_run(lfw_dir):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
