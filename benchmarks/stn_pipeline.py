@@ -30,7 +30,7 @@ from benchmarks.common import (
 )
 from benchmarks.loops import BareTrainer
 
-STN_FAMILIES = ("similarity", "affine", "projective")
+STN_FAMILIES = ("similarity", "affine", "projective", "tps")
 
 
 def _isolated_transformer(
