@@ -208,6 +208,19 @@ def test_property_and_labels_that_do_not_match(celeba_pack, tmp_path, capsys):
         dataset[0]
 
 
+def test_a_record_whose_image_does_not_decode_is_replaced_like_a_broken_file(celeba_pack, tmp_path, caplog):
+    """As with a broken JPEG in a folder: the next readable record is used, with one warning naming it."""
+    with RecordFile(celeba_pack / "train.rec") as records:
+        first, second = records.read(1), records.read(2)
+    (tmp_path / "bad").mkdir()
+    write_records(tmp_path / "bad" / "train.rec", [pack(0, first.payload[:300]), pack(1, second.payload)])
+    (tmp_path / "bad" / "property").write_text("2,128,128\n")
+    dataset = RecordImageDataset(tmp_path / "bad", train_transform(112, hflip=0.0))
+    image, label = dataset[(0, 5)]
+    assert label == 1 and torch.equal(image, dataset[(1, 5)][0])
+    assert "record 0" in caplog.text and "skipping unreadable image" in caplog.text
+
+
 def test_folder_selection_options_are_refused(celeba_pack, capsys):
     from stn_face.data.datamodule import FaceDataModule
 
