@@ -188,7 +188,7 @@ class ThinPlateSpline(TransformFamily):
     def sampling_grid(self, params: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         self.check_params(params)
         height, width = int(size[0]), int(size[1])
-        weights = _tps_pixel_weights(self.grid_size, height, width).to(dtype=params.dtype, device=params.device)
+        weights = _tps_pixel_weights_as(self.grid_size, height, width, params.dtype, params.device)
         return _apply_tps(weights, params).reshape(params.shape[0], height, width, 2)
 
     def __repr__(self) -> str:
@@ -266,6 +266,13 @@ def _tps_pixel_weights(grid_size: int, height: int, width: int) -> torch.Tensor:
         control = tps_control_points(grid_size)
         weights = tps_interpolation_matrix(control, normalized_grid(height, width, torch.float64)[:, :2])
         return torch.from_numpy(weights.numpy().copy())
+
+
+@functools.lru_cache(maxsize=16)
+def _tps_pixel_weights_as(grid_size: int, height: int, width: int, dtype: torch.dtype,
+                          device: torch.device) -> torch.Tensor:
+    # one copy per dtype and device: no host-to-device transfer in every training step
+    return _tps_pixel_weights(grid_size, height, width).to(dtype=dtype, device=device)
 
 
 def _apply_tps(weights: torch.Tensor, params: torch.Tensor) -> torch.Tensor:

@@ -70,6 +70,19 @@ def test_start_view_overrides_and_errors():
         SpatialTransformer("tps", _small_localization).predict_matrix(torch.rand(1, 3, 64, 64))
 
 
+def test_transform_config_stored_before_input_size_rebuilds():
+    """Checkpoints written before the start view followed the sizes store ``init_scale: 0.875`` and no
+    ``input_size``: they rebuild to the same network."""
+    from hydra.utils import instantiate
+
+    stored = {"_target_": "stn_face.nn.SpatialTransformer", "transform": "affine", "output_size": [112, 112],
+              "init_scale": 0.875, "localization": {"_target_": "stn_face.nn.LocalizationNet", "_partial_": True,
+                                                    "conv_channels": [8], "fc_dims": [], "input_size": 64}}
+    stn = instantiate(stored)
+    assert stn.init_scale == 0.875 and stn.input_size is None
+    torch.testing.assert_close(stn.localization.head.bias, get_transform("affine").init_params(0.875))
+
+
 def test_tps_transformer_learns_a_warp():
     stn = SpatialTransformer("tps", _small_localization, input_size=128, grid_size=3)
     assert stn.family.num_params == 18 and stn.localization.head.out_features == 18
