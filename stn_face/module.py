@@ -12,6 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from stn_face.geometry import decompose
+from stn_face.nn.partial_fc import (
+    SHARDED_GROUP,
+    PartialFCHead,
+    distributed_world,
+    gather_shards_into_checkpoint,
+    sum_gradients,
+    take_shard_from_checkpoint,
+)
 from stn_face.nn.transformer import SpatialTransformer
 from stn_face.schedules import margin_schedule
 
@@ -101,20 +109,25 @@ class StnFaceModule(L.LightningModule):
         step = self.global_step if step is None else step
         return margin_schedule(step, self.margin_warmup_steps, self.margin_ramp_steps)
 
-    def training_loss(self, images: torch.Tensor, labels: torch.Tensor, margin_factor: float
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Images ``(B, 3, H, W)``, labels ``(B,)`` -> (cross-entropy loss, logits ``(B, C)``, aligned
-        faces, matrices) with the head's margin scaled by ``margin_factor``."""
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor, margin_factor: float,
+                      step: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images ``(B, 3, H, W)``, labels ``(B,)`` -> (cross-entropy loss, ``(N,)`` bool: the label has the top
+        logit, aligned faces, matrices) with the head's margin scaled by ``margin_factor``. ``N`` is ``B``, or
+        the global batch for a sharded head (``head=partial_fc``, which samples centres by ``step``, default
+        ``global_step``)."""
         embeddings, aligned, matrix = self.embed(images)
-        logits = self.head(embeddings, labels, margin_factor=margin_factor)
-        return F.cross_entropy(logits, labels), logits, aligned, matrix
+        step = self.global_step if step is None else step
+        loss, correct = self.head.loss(embeddings, labels, margin_factor=margin_factor, step=step)
+        return loss, correct, aligned, matrix
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """The optimiser's parameter groups: ``main`` (everything outside the transformer) and, when the
-        transformer has parameters, ``localization`` at ``localization_lr_mult`` times the base rate."""
+        """The optimiser's parameter groups: ``main`` (everything outside the transformer and a sharded head),
+        when the transformer has parameters ``localization`` at ``localization_lr_mult`` times the base rate,
+        and for ``head=partial_fc`` its centres (one row block per rank, with the head's ``weight_decay``)."""
         # lists, not sets: the parameter order must be the same in every process for resuming
         localization = list(self.transformer.parameters())
-        ids = {id(p) for p in localization}
+        sharded = list(self.head.parameters()) if isinstance(self.head, PartialFCHead) else []
+        ids = {id(p) for p in localization + sharded}
         rest = [p for p in self.parameters() if id(p) not in ids and p.requires_grad]
         groups: list[dict[str, Any]] = [{"params": rest, "name": "main"}]
         if localization:
@@ -122,6 +135,9 @@ class StnFaceModule(L.LightningModule):
                 self.optimizer_factory, "keywords") else 0.01
             groups.append({"params": localization, "name": "localization",
                            "lr": base_lr * self.localization_lr_mult})
+        if sharded:  # last, so the groups of other heads keep their places in older checkpoints
+            decay = {} if self.head.weight_decay is None else {"weight_decay": self.head.weight_decay}
+            groups.append({"params": sharded, "name": SHARDED_GROUP, **decay})
         return groups
 
     def drop_non_finite_gradients(self, optimizer: torch.optim.Optimizer) -> bool:
@@ -135,9 +151,13 @@ class StnFaceModule(L.LightningModule):
         # a non-finite norm is re-checked element-wise, so huge-but-finite gradients are not skipped.
         finite = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))) or all(
             torch.isfinite(g).all() for g in grads)
+        if self._sharded_head():  # each rank's centres have their own gradients: all skip if one must
+            verdict = torch.tensor([float(finite)], device=self.device)
+            torch.distributed.all_reduce(verdict, op=torch.distributed.ReduceOp.MIN)
+            finite = bool(verdict.item())
         if finite:
             return False
-        # Under DDP the gradients are already averaged, so every rank sees the same verdict.
+        # Under DDP the other gradients are already reduced, so every rank sees the same verdict.
         for p in params:
             p.grad = None
         self.skipped_steps += 1
@@ -155,9 +175,8 @@ class StnFaceModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch[0], batch[1]
         margin = self.margin_factor()
-        loss, logits, aligned, matrix = self.training_loss(images, labels, margin)
-        with torch.no_grad():
-            accuracy = (logits.argmax(1) == labels).float().mean()
+        loss, correct, aligned, matrix = self.training_loss(images, labels, margin)
+        accuracy = correct.float().mean()
         batch_size = images.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/acc", accuracy, prog_bar=True, batch_size=batch_size)
@@ -189,6 +208,22 @@ class StnFaceModule(L.LightningModule):
         stats["output_std"] = aligned.float().std()
         self.log_dict({f"transform/{k}": v for k, v in stats.items()}, batch_size=batch_size)
 
+    # ------------------------------------------------------------------ sharded head (head=partial_fc)
+    def _sharded_head(self) -> bool:
+        return isinstance(self.head, PartialFCHead) and self.head.world_size > 1
+
+    def configure_model(self) -> None:
+        """Under DDP a Partial FC head keeps its rank's centres, which DDP must neither broadcast nor average."""
+        if isinstance(self.head, PartialFCHead) and distributed_world()[1] > 1:
+            self.head.shard()
+            self._ddp_params_and_buffers_to_ignore = [f"head.{name}" for name, _ in self.head.named_parameters()]
+
+    def on_fit_start(self) -> None:
+        # every rank's loss is the global batch's (stn_face.nn.partial_fc): DDP must sum, not average
+        ddp = self._trainer.strategy.model if self._trainer is not None else None
+        if self._sharded_head() and isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
+            ddp.register_comm_hook(None, sum_gradients)
+
     def on_train_epoch_start(self) -> None:
         self._last_step_time = None
 
@@ -210,8 +245,12 @@ class StnFaceModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.model_config is not None:
             checkpoint["model_config"] = self.model_config
+        if isinstance(self.head, PartialFCHead):  # the whole (C, D) centres, as a full head's checkpoint
+            gather_shards_into_checkpoint(checkpoint, self.head, prefix="head.")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if isinstance(self.head, PartialFCHead):
+            take_shard_from_checkpoint(checkpoint, self.head, prefix="head.")
         if self.model_config is None and checkpoint.get("model_config") is not None:
             self.model_config = checkpoint["model_config"]
 

@@ -65,12 +65,31 @@ class CombinedMarginHead(nn.Module):
         if not self.normalize:
             return F.linear(embeddings, self.weight, self.bias)
         cosine = F.linear(F.normalize(embeddings), F.normalize(self.weight)).clamp(-1.0, 1.0)
-        if labels is None or margin_factor == 0 or (self.m1 == 1 and self.m2 == 0 and self.m3 == 0):
-            return self.s * cosine
-        m1 = 1.0 + (self.m1 - 1.0) * margin_factor
-        m2, m3 = self.m2 * margin_factor, self.m3 * margin_factor
-        target_cos = cosine.gather(1, labels.view(-1, 1)).squeeze(1)
-        theta = torch.acos(target_cos.clamp(-1 + 1e-7, 1 - 1e-7))
-        target = margin_target(theta, target_cos, m1, m2, m3, multiplicative=self.m1 != 1.0)
-        logits = cosine.scatter(1, labels.view(-1, 1), target.unsqueeze(1).to(cosine.dtype))
-        return self.s * logits
+        return margin_logits(cosine, labels, self.s, self.m1, self.m2, self.m3, margin_factor)
+
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor, margin_factor: float = 1.0,
+             step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings ``(B, D)``, labels ``(B,)`` -> (cross-entropy, ``(B,)`` bool: top logit is the label).
+        ``step`` is unused (heads that sample classes draw from it)."""
+        logits = self(embeddings, labels, margin_factor=margin_factor)
+        with torch.no_grad():
+            correct = logits.argmax(1) == labels
+        return F.cross_entropy(logits, labels), correct
+
+
+def margin_logits(cosine: torch.Tensor, columns: torch.Tensor | None, s: float, m1: float, m2: float, m3: float,
+                  margin_factor: float = 1.0) -> torch.Tensor:
+    """``s`` times ``cosine`` ``(B, K)`` with the combined margin (scaled by ``margin_factor``) on each row's
+    target column ``columns`` ``(B,)``; a row whose target is not among the ``K`` columns (``-1``: a class
+    centre held by another rank, :mod:`stn_face.nn.partial_fc`) keeps its plain cosines."""
+    if columns is None or margin_factor == 0 or (m1 == 1 and m2 == 0 and m3 == 0):
+        return s * cosine
+    multiplicative = m1 != 1.0
+    m1 = 1.0 + (m1 - 1.0) * margin_factor
+    m2, m3 = m2 * margin_factor, m3 * margin_factor
+    index = columns.clamp_min(0).view(-1, 1)
+    target_cos = cosine.gather(1, index).squeeze(1)
+    theta = torch.acos(target_cos.clamp(-1 + 1e-7, 1 - 1e-7))
+    target = margin_target(theta, target_cos, m1, m2, m3, multiplicative=multiplicative)
+    target = torch.where(columns >= 0, target.to(cosine.dtype), target_cos)
+    return s * cosine.scatter(1, index, target.unsqueeze(1))
