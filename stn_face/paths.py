@@ -93,8 +93,8 @@ def resolve_checkpoint(value: str | os.PathLike, run_dir: str | os.PathLike | No
                 return candidate
         raise MissingInputError(f"checkpoint folder {path} holds no last.ckpt; pass {option}=PATH to a .ckpt file")
     if not path.is_file():
-        raise MissingInputError(f"{option}={value}: checkpoint not found; pass {option}=PATH to a .ckpt file "
-                                "written by stn-face-train (<run>/checkpoints/last.ckpt), a run folder, or last")
+        raise MissingInputError(f"checkpoint not found: {path}; pass {option}=PATH to a .ckpt file written by "
+                                "stn-face-train (<run>/checkpoints/last.ckpt), a run folder, or last")
     return path
 
 

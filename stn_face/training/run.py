@@ -77,6 +77,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = hydra.utils.instantiate(cfg.model, num_classes=datamodule.num_classes)
     model.model_config = model_config(cfg)  # saved in checkpoints: they rebuild without the run dir
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it was told not to show
+        from lightning.pytorch.callbacks import ProgressBar
+
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     log_hyperparameters(trainer, cfg)
