@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 
 from stn_face.paths import HOW_TO_GET_DATA, data_root
+from tests.helpers import build_checkpoints, view2_subset
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-# fixtures of the "use a trained model" tests (tiny checkpoints of every transform family, View 2 crops)
-pytest_plugins = ["tests.use_helpers"]
 
 
 def _require_data() -> bool:
@@ -50,3 +49,26 @@ def celeba_dir(data_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def ytf_dir(data_dir: Path) -> Path:
     return data_dir / "ytf"
+
+
+# ------------------------------------------------- the "use a trained model" tests (tests/helpers.py builds them)
+@pytest.fixture(scope="session")
+def checkpoints(lfw_dir, tmp_path_factory) -> dict[str, Path]:
+    return build_checkpoints(lfw_dir, tmp_path_factory.getbasetemp() / "use-checkpoints")
+
+
+@pytest.fixture(scope="session")
+def view2_crops(data_dir, tmp_path_factory) -> tuple[Path, list[str]]:
+    """(image root of crops, names) for the first 15 + 15 View 2 pairs of every fold (300 pairs)."""
+    return view2_subset(data_dir, 15, tmp_path_factory.getbasetemp() / "view2-crops")
+
+
+@pytest.fixture(scope="module", autouse=False)
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from stn_face.data.images import ImageReadError, read_rgb
 from stn_face.embedder import FaceEmbedder
 from stn_face.errors import CheckpointError
-from tests.use_helpers import FAMILIES, THRESHOLD, real_crops
+from tests.helpers import FAMILIES, THRESHOLD, real_crops
 
 pytestmark = [pytest.mark.data, pytest.mark.usefixtures("one_thread")]
 
@@ -130,8 +130,7 @@ def test_checkpoint_problems_are_clear_errors(checkpoints, tmp_path):
 def test_older_checkpoints_rebuild_from_the_hydra_run_folder(checkpoints, tmp_path, crops):
     from omegaconf import OmegaConf
 
-    from tests.test_configs import compose_train
-    from tests.use_helpers import LOCALIZATION
+    from tests.helpers import LOCALIZATION, compose_train
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

@@ -10,8 +10,16 @@ import torch
 
 from stn_face.embedder import FaceEmbedder
 from stn_face.export import ExportedEmbedder, export, run_exported
-from tests.helpers import prepare_small_lfw, run_cli
-from tests.use_helpers import CLI_ENV, FAMILIES, _build_one, compose_cli, expect_input_error, real_crops
+from tests.helpers import (
+    CLI_ENV,
+    FAMILIES,
+    _build_one,
+    compose_cli,
+    expect_input_error,
+    prepare_small_lfw,
+    real_crops,
+    run_cli,
+)
 
 pytestmark = [pytest.mark.data, pytest.mark.usefixtures("one_thread")]
 

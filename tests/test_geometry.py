@@ -362,3 +362,33 @@ def test_resize_antialiased_filters_a_144_crop(lfw_dir):
     aliased = leak(lambda x: F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False))
     filtered = leak(lambda x: resize_antialiased(x, (64, 64)))
     assert aliased > 0.05 and filtered < 0.2 * aliased
+
+
+# ----------------------------------------------------------------- numerical safety of the warp
+LINEAR_FAMILIES = ["similarity", "affine", "projective"]
+
+
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.sampled_from(LINEAR_FAMILIES), data=st.data())
+def test_extreme_parameters_never_give_nan_or_inf(name, data):
+    family = get_transform(name)
+    params = torch.tensor([data.draw(st.lists(extreme, min_size=family.num_params, max_size=family.num_params))])
+    matrix = family.matrix(params)
+    images = torch.rand(1, 3, 16, 16)
+    out = warp(images, matrix, (12, 12))
+    assert torch.isfinite(out).all()
+    assert out.abs().max() <= images.abs().max() + 1e-5  # bilinear sampling never amplifies
+    stats = decompose(matrix.double())
+    assert all(torch.isfinite(v).all() or k in ("scale", "scale_x") for k, v in stats.items())
+
+
+@settings(max_examples=40, deadline=None)
+@given(theta31=st.floats(-50, 50), theta32=st.floats(-50, 50))
+def test_projective_denominator_guard(theta31, theta32):
+    """Any perspective terms, including ones that put z = 0 inside the image, give finite gradients."""
+    params = torch.tensor([[1.0, 0, 0, 0, 1.0, 0, theta31, theta32]], requires_grad=True)
+    out = warp(torch.rand(1, 1, 9, 9), get_transform("projective").matrix(params), (9, 9))
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(params.grad).all()

@@ -13,8 +13,7 @@ from hydra.utils import instantiate
 
 from stn_face.cli import eval as evaluate_cli
 from stn_face.cli import pack as pack_cli
-from tests.test_configs import compose_train
-from tests.use_helpers import compose_cli, expect_input_error
+from tests.helpers import compose_cli, compose_train, expect_input_error
 
 pytestmark = [pytest.mark.data, pytest.mark.usefixtures("one_thread")]
 

@@ -17,7 +17,7 @@ from stn_face.data.bin_sets import (
     write_bin,
 )
 from stn_face.data.eval_sets import VerificationSet
-from tests.use_helpers import expect_input_error
+from tests.helpers import expect_input_error
 
 pytestmark = pytest.mark.data
 
@@ -109,7 +109,7 @@ def test_not_an_insightface_bin(lfw_dir, tmp_path, capsys):
 
 def test_bin_dir_expands_to_one_named_set_per_file(lfw_dir, tmp_path, monkeypatch, capsys):
     from stn_face.training import eval_set_configs
-    from tests.test_configs import compose_train
+    from tests.helpers import compose_train
 
     monkeypatch.setenv("STN_FACE_DATA", str(lfw_dir.parent))
     folder = tmp_path / "bins"

@@ -169,6 +169,21 @@ def test_torch_nets_follow_the_keras_layouts_layer_by_layer(lfw_dir):
             for a, b in zip(torch_out[1:], rest):
                 got = a[n].transpose(1, 2, 0) if name == "pnet" else a[n]
                 assert np.allclose(got, b, atol=1e-5), name
+    # the frozen traces the detector runs on the CPU give the modules' outputs, on shapes other than
+    # the one each was traced with
+    torch_nets = TorchNets("cpu")
+    for shape in ((37, 41), (64, 50), (25, 90)):
+        level = (cv2.resize(image, shape[::-1], interpolation=cv2.INTER_AREA).astype(np.float32) - 127.5) / 128
+        with torch.inference_mode():
+            eager = nets["pnet"](torch.from_numpy(level[None]).permute(0, 3, 1, 2))
+        traced = torch_nets.pnet(level[None])
+        assert np.allclose(traced[0], eager[0].numpy(), atol=1e-6)
+        assert np.allclose(traced[1], eager[1].permute(0, 2, 3, 1).numpy(), atol=1e-6)
+    for n in (1, 5):
+        patches = (np.repeat(inputs["onet"], n, axis=0).astype(np.float32) - 127.5) / 128
+        with torch.inference_mode():
+            eager = nets["onet"](torch.from_numpy(patches).permute(0, 3, 1, 2))
+        assert all(np.allclose(a, b.numpy(), atol=1e-6) for a, b in zip(torch_nets.onet(patches), eager))
     # a real face patch scores as a face, a patch of the background does not
     with torch.inference_mode():
         prob = nets["onet"](torch.from_numpy((inputs["onet"].astype(np.float32) - 127.5) / 128).permute(0, 3, 1, 2))[0]

@@ -14,8 +14,9 @@ from typing import ClassVar
 
 import pytest
 
+from stn_face.cli.data import main
 from stn_face.data import download as dl
-from stn_face.data.download import LFW_FILES, ChecksumError, DownloadError, RemoteFile, download_lfw, main
+from stn_face.data.download import LFW_FILES, ChecksumError, DownloadError, RemoteFile, download_lfw
 
 PEOPLE = ("Aaron_Peirsol", "Abel_Pacheco")
 

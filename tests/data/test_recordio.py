@@ -30,8 +30,8 @@ from stn_face.data.recordio import (
 )
 from stn_face.data.sampling import ResumableShuffleSampler
 from stn_face.data.transforms import train_transform
+from tests.helpers import expect_input_error
 from tests.packed_helpers import CELEBA_IDENTITIES
-from tests.use_helpers import expect_input_error
 
 pytestmark = pytest.mark.data
 
@@ -236,7 +236,7 @@ def test_rec_config_starts_from_the_identity_view(celeba_pack, tmp_path):
     """data=rec: 112x112 aligned faces in, 112x112 out, so the learned transform starts as the identity."""
     from hydra.utils import instantiate
 
-    from tests.test_configs import compose_train
+    from tests.helpers import compose_train
 
     cfg = compose_train(["data=rec", f"data.path={celeba_pack}", "transform=affine"], tmp_path)
     assert cfg.data.image_size == 112 and cfg.data.source == "rec"

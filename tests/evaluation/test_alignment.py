@@ -19,8 +19,7 @@ from stn_face.evaluation.alignment import (
 )
 from stn_face.geometry import corners, square_outline, tps_control_points, transform_points, warp
 from stn_face.nn import LocalizationNet, SpatialTransformer
-from tests.helpers import LFW_TRAIN_PEOPLE, prepare_small_lfw
-from tests.test_configs import compose_train
+from tests.helpers import LFW_TRAIN_PEOPLE, compose_train, prepare_small_lfw
 
 
 def test_corner_pixels_follow_align_corners_false():

@@ -9,7 +9,7 @@ import pytest
 from stn_face.cli import eval as evaluate_cli
 from stn_face.data.eval_sets import _first_per_fold
 from stn_face.data.protocols import read_lfw_pairs
-from tests.use_helpers import compose_cli, expect_input_error
+from tests.helpers import compose_cli, expect_input_error
 
 PER_FOLD = 18  # the first 18 same + 18 different pairs of each fold hold one pair of a training person
 

@@ -144,7 +144,7 @@ def test_head_config_and_bad_rate():
 
 
 def test_module_puts_the_centres_in_their_own_group(tmp_path):
-    from tests.test_configs import compose_train
+    from tests.helpers import compose_train
 
     cfg = compose_train(["backbone=tiny", "head=partial_fc", "head.weight_decay=0.0"], tmp_path)
     model = instantiate(cfg.model, num_classes=10)
@@ -157,7 +157,7 @@ def test_module_puts_the_centres_in_their_own_group(tmp_path):
 # ------------------------------------------------------------------------------------- two processes
 def _model(head: str, tmp: str, num_classes: int):
     """StnFaceModule (projective transformer + tiny backbone) with ``head``, built from seed 0."""
-    from tests.test_configs import compose_train
+    from tests.helpers import compose_train
 
     cfg = compose_train(["backbone=tiny", f"backbone.embedding_size={EMBEDDING}", f"head={head}", "optimizer.lr=0.1"],
                         Path(tmp))
@@ -191,6 +191,8 @@ def _rank_main(rank: int, init_file: str, out_dir: str, images, labels, num_clas
     optimizer = _optimiser_step(model, loss)
     checkpoint = {"state_dict": model.state_dict(), "optimizer_states": [optimizer.state_dict()]}
     model.on_save_checkpoint(checkpoint)  # every rank calls it, as Lightning's dump_checkpoint does
+    # ... and training goes on with this rank's rows: the optimiser's own state is left alone
+    assert optimizer.state[model.head.weight]["momentum_buffer"].shape == model.head.weight.shape
     torch.save({"loss": loss.detach(), "correct": correct, "embedding_grad": embeddings.grad,
                 "weights": {k: v.detach().clone() for k, v in model.named_parameters()},
                 "checkpoint": checkpoint}, Path(out_dir) / f"rank{rank}.pt")

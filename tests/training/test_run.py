@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -11,8 +15,8 @@ import torch
 from hydra.utils import instantiate
 
 from stn_face.data.datamodule import FaceDataModule
-from tests.helpers import LFW_TRAIN_PEOPLE, prepare_small_lfw, run_cli
-from tests.test_configs import compose_train
+from stn_face.paths import REPO_ROOT
+from tests.helpers import LFW_TRAIN_PEOPLE, compose_train, prepare_small_lfw, run_cli
 
 
 class LossRecorder(L.Callback):
@@ -144,3 +148,44 @@ def test_validate_only_reports_the_set_asked_for_at_the_checkpoint_step(lfw_dir,
     assert metrics["n_pairs"] == 100 and metrics["pairs_file"].endswith("pairs.txt")
     assert metrics["step"] == 6 and metrics["sets"]["lfw"]["step"] == 6
     assert set(metrics["sets"]) == {"lfw"} and metrics["max_pairs_per_fold"] == 5
+
+
+# ------------------------------------------------------------------- kill and resume
+RESUME_SMOKE = ["experiment=smoke", "eval.max_pairs_per_fold=5", "data.num_workers=0"]
+
+
+def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 8
+    return checkpoint["state_dict"]
+
+
+def test_killed_run_resumes_exactly(lfw_dir, tmp_path):
+    """8 steps straight vs. killed (SIGKILL) after the step-4 checkpoint and resumed with ckpt_path=last."""
+    args = ["stn_face.cli.train", *RESUME_SMOKE, "trainer.max_steps=8", "trainer.val_check_interval=8",
+            "callbacks.periodic_checkpoint.every_n_train_steps=4", "seed=7"]
+    straight = tmp_path / "straight"
+    result = run_cli([*args, f"hydra.run.dir={straight}"])
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", *args, f"hydra.run.dir={killed}"], cwd=REPO_ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = killed / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 600
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    at_kill = torch.load(last, map_location="cpu", weights_only=False)
+    step = at_kill["global_step"]
+    assert step == 4, f"the kill came too late (checkpoint at step {step})"
+
+    result = run_cli([*args, f"hydra.run.dir={killed}", "ckpt_path=last"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    a, b = _final_weights(straight), _final_weights(killed)
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].numel())
+    assert worst < 1e-6, f"resumed weights differ by {worst}"
+    # the resumed run really did train on from step 4
+    assert any(not torch.equal(at_kill["state_dict"][k], b[k]) for k in b)

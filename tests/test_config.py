@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from stn_face.config import CONF_DIR
 from stn_face.training import eval_set_configs
+from tests.helpers import compose_train
 
 GROUPS = ["transform", "localization", "backbone", "head", "optimizer", "scheduler", "model", "data", "eval",
           "trainer", "logger", "callbacks", "paths", "experiment"]
@@ -19,22 +19,6 @@ BUILDABLE = {"transform", "localization", "head", "optimizer", "eval", "logger",
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml") if not p.stem.startswith("_"))  # _base: not an option
-
-
-def compose_train(overrides: list[str], output_dir: Path | None = None):
-    """Compose ``train.yaml`` as the CLI would, with ``${hydra:runtime.output_dir}`` set to ``output_dir``."""
-    from hydra.core.hydra_config import HydraConfig
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    if output_dir is not None:
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(output_dir)
-            cfg.hydra.job.num = 0
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
-    return cfg
 
 
 def test_groups_have_the_documented_options():

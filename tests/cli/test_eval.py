@@ -10,8 +10,7 @@ import pytest
 
 from stn_face.cli import eval as evaluate_cli
 from stn_face.evaluation import scoring
-from tests.helpers import run_cli
-from tests.use_helpers import CLI_ENV, compose_cli, expect_input_error
+from tests.helpers import CLI_ENV, compose_cli, expect_input_error, run_cli
 
 pytestmark = [pytest.mark.data, pytest.mark.usefixtures("one_thread")]
 

@@ -1,0 +1,74 @@
+"""stn-face-train's input errors: one `error:` line naming the input and the fix, exit code 2."""
+
+from __future__ import annotations
+
+from tests.helpers import run_cli
+
+SMOKE = ["experiment=smoke", "eval.max_pairs_per_fold=5", "data.num_workers=0"]
+
+
+# ------------------------------------------------------------------------------------ clear errors
+def _no_traceback(result):
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_unknown_config_option_lists_valid_ones():
+    result = run_cli(["stn_face.cli.train", "transform=homography"])
+    assert result.returncode == 2  # the exit code of every input error
+    _no_traceback(result)
+    for name in ("identity", "similarity", "affine", "projective"):
+        assert name in result.stderr
+
+
+def test_missing_data_folder_names_path_and_fix(tmp_path):
+    missing = tmp_path / "nowhere"
+    result = run_cli(["stn_face.cli.train", *SMOKE], env={"STN_FACE_DATA": str(missing)})
+    assert result.returncode == 2
+    _no_traceback(result)
+    assert str(missing) in result.stderr and "stn-face-data" in result.stderr
+
+
+def test_empty_training_folder_is_explained(tmp_path, lfw_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli(["stn_face.cli.train", *SMOKE, "data=folder", f"data.root={empty}"])
+    assert result.returncode == 2
+    _no_traceback(result)
+    assert str(empty) in result.stderr and "stn-face-prepare" in result.stderr
+
+
+def test_pair_file_with_missing_images_says_how_many_and_which(tmp_path, lfw_dir):
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("2\nAaron_Peirsol\t1\t2\nNo_Such_Person\t1\t3\nAaron_Peirsol\t1\tAbel_Pacheco\t1\n"
+                     "Nobody_Else\t4\tAaron_Peirsol\t2\n")
+    result = run_cli(["stn_face.cli.train", *SMOKE, f"eval.pairs_file={pairs}"])
+    assert result.returncode == 2
+    _no_traceback(result)
+    assert "No_Such_Person" in result.stderr and "2" in result.stderr
+
+
+def test_folder_data_without_or_with_a_missing_root_is_one_line_with_the_fix(tmp_path):
+    result = run_cli(["stn_face.cli.train", *SMOKE, "data=folder"])
+    assert result.returncode == 2
+    _no_traceback(result)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "data.root=" in errors[0] and "conf/data/folder.yaml" in errors[0]
+    missing = tmp_path / "nope"
+    result = run_cli(["stn_face.cli.train", *SMOKE, "data=folder", f"data.root={missing}"])
+    assert result.returncode == 2
+    _no_traceback(result)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(missing) in errors[0]
+    assert "data.root=DIR" in errors[0] and "stn-face-prepare" in errors[0]
+    assert "prepare lfw" not in result.stderr  # nothing was prepared before the error
+
+
+def test_unset_data_root_names_the_variable_the_default_and_the_download(tmp_path):
+    env = {"STN_FACE_DATA": "", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = run_cli(["stn_face.cli.eval", "embeddings=x.npz", "eval=lfw"], env=env)
+    assert result.returncode == 2
+    _no_traceback(result)
+    assert "STN_FACE_DATA" in result.stderr and "stn-face-data" in result.stderr
+    assert str(tmp_path / "cache" / "stn_face" / "data") in result.stderr
+    assert "eval.pairs=" not in result.stderr  # not the fix when the data root itself is missing
+
