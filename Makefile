@@ -9,7 +9,7 @@ ARGS ?=
 
 .PHONY: install train smoke test test-fast lint bench gpu-check sweep report data clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: a range would pull a multi-GB CUDA build on CPU-only machines
@@ -32,7 +32,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check stn_face tests benchmarks
+	$(VENV)/bin/ruff check stn_face tests benchmarks experiments
 
 bench: install  ## CPU benchmark suite (benchmarks/cpu.py), writes logs/bench/<date>-<host>.json
 	$(VENV)/bin/stn-face-bench $(ARGS)

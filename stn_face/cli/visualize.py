@@ -1,7 +1,7 @@
 """``stn-face-visualize ckpt=PATH input=DIR_OR_IMAGE``: what the learned alignment does, as a PNG grid.
 
 Each input face (the crop the network gets, resized to its ``image_size``) is drawn with the
-quadrilateral the spatial transformer samples (green, its top-left corner marked red), and the aligned
+outline of where the spatial transformer samples (red, its top-left corner a yellow dot), and the aligned
 face the backbone sees beside it (:mod:`stn_face.evaluation.drawing`). Raw photos go through the
 training MTCNN crop first; ``cropped=true`` takes face crops as they are.
 
@@ -28,7 +28,7 @@ def main(cfg) -> Path:
 
     from stn_face.data.images import ImageReadError, read_rgb
     from stn_face.evaluation.alignment import sampled_outline
-    from stn_face.evaluation.drawing import draw_pair, grid, quad_pixels
+    from stn_face.evaluation.drawing import draw_alignment, to_pixels
     from stn_face.paths import list_images, resolve_checkpoint
 
     ckpt = resolve_checkpoint(require_input(cfg.get("ckpt"), f"missing ckpt=PATH; {USAGE}"))
@@ -59,13 +59,14 @@ def main(cfg) -> Path:
     tile = int(cfg.tile)
     aligned, transforms = embedder.align(faces)
     outlines, lines = sampled_outline(embedder.transformer, torch.as_tensor(transforms))
-    quads, curves = quad_pixels(outlines, tile), [None] * len(faces) if lines is None else quad_pixels(lines, tile)
-    cells = [draw_pair(f, a, q, tile, c, g) for f, a, q, c, g in zip(faces, aligned, quads, captions, curves)]
+    picture = draw_alignment(faces, aligned, to_pixels(outlines, tile), None if lines is None else to_pixels(lines, tile),
+                             title=f"{embedder.transform_name} transform, {Path(str(embedder.checkpoint_path)).name}",
+                             captions=captions, columns=int(cfg.columns), tile=tile)
     output = Path(str(cfg.output)).expanduser()
     output.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid(cells, int(cfg.columns))).save(output)
-    print(f"wrote {output}: {len(cells)} faces, {embedder.transform_name} transform "
-          f"(green: where the aligned face is sampled from)", flush=True)
+    Image.fromarray(picture).save(output)
+    print(f"wrote {output}: {len(faces)} faces, {embedder.transform_name} transform "
+          f"(red: where the aligned face is sampled from)", flush=True)
     return output
 
 

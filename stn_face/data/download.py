@@ -175,7 +175,7 @@ def _safe_extract(archive: Path, destination: Path) -> None:
         root = destination.resolve()
         for member in tar.getmembers():  # older Pythons: refuse paths leaving the destination
             target = (destination / member.name).resolve()
-            if root not in target.parents and target != root or member.issym() or member.islnk():
+            if (root not in target.parents and target != root) or member.issym() or member.islnk():
                 raise DownloadError(f"{archive} holds an unsafe member {member.name!r}; refusing to unpack")
         tar.extractall(destination)
 

@@ -57,43 +57,22 @@ def sampled_outline(transformer, transform: torch.Tensor, lines: int = 5,
 
 def draw_alignment_grid(images: torch.Tensor, aligned: torch.Tensor, outline: torch.Tensor, path: str | Path,
                         title: str = "", pairs_per_row: int = 4, lines: torch.Tensor | None = None) -> Path:
-    """Save a PNG: each input with the outline ``(B, M, 2)`` of where it is sampled (red; normalised
-    input points, see :func:`sampled_outline`) and optional warped grid lines ``(B, L, P, 2)`` (thin
-    red), next to its aligned output."""
-    import matplotlib
+    """Save the alignment picture (:func:`stn_face.evaluation.drawing.draw_alignment`) of normalised
+    ``images`` ``(B, 3, H, W)`` and their ``aligned`` outputs, with the outline ``(B, M, 2)`` of where each
+    is sampled and optional warped grid ``lines`` ``(B, L, P, 2)`` (normalised input points, see
+    :func:`sampled_outline`)."""
+    from PIL import Image
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from stn_face.evaluation.drawing import draw_alignment, to_pixels
 
-    inputs, outputs = denormalise(images), denormalise(aligned)
-    height, width = inputs.shape[1:3]
-    quads = corners_to_pixels(outline, height, width)
-    curves = None if lines is None else corners_to_pixels(lines, height, width)
-    n = inputs.shape[0]
-    rows = max(1, -(-n // pairs_per_row))
-    cols = 2 * min(n, pairs_per_row)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.7 * rows + 0.3), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i in range(n):
-        ax_in, ax_out = axes[i // pairs_per_row, 2 * (i % pairs_per_row)], axes[i // pairs_per_row,
-                                                                               2 * (i % pairs_per_row) + 1]
-        ax_in.imshow(inputs[i], interpolation="nearest")
-        quad = np.vstack([quads[i], quads[i][:1]])
-        ax_in.plot(quad[:, 0], quad[:, 1], "-", color="red", linewidth=1.2)
-        for curve in () if curves is None else curves[i]:
-            ax_in.plot(curve[:, 0], curve[:, 1], "-", color="red", linewidth=0.5)
-        ax_in.plot(quad[0, 0], quad[0, 1], "o", color="yellow", markersize=2.5)  # top-left corner
-        ax_in.set_xlim(-0.5, width - 0.5)
-        ax_in.set_ylim(height - 0.5, -0.5)
-        ax_out.imshow(outputs[i], interpolation="nearest")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    tile = int(images.shape[-1])
+    to_uint8 = lambda batch: (denormalise(batch) * 255).round().astype(np.uint8)  # noqa: E731
+    picture = draw_alignment(to_uint8(images), to_uint8(aligned), to_pixels(outline.detach().cpu(), tile),
+                             None if lines is None else to_pixels(lines.detach().cpu(), tile), title=title,
+                             columns=pairs_per_row, tile=tile)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    Image.fromarray(picture).save(path)
     return path
 
 

@@ -23,7 +23,7 @@ def log_image_file(trainer: L.Trainer, key: str, path: str | Path) -> None:
 
                 image = mpimg.imread(str(path))[..., :3]
                 logger.experiment.add_image(key, image, trainer.global_step, dataformats="HWC")
-        except Exception as error:  # a logging hiccup must never end a training run
+        except Exception as error:  # noqa: BLE001 - a logging hiccup must never end a training run
             log.warning("could not log %s to %s: %s", path.name, kind, error)
 
 
@@ -93,7 +93,7 @@ def _hydra_group() -> str | None:
         from hydra.core.hydra_config import HydraConfig
 
         hydra_cfg = HydraConfig.get()
-    except Exception:
+    except ValueError:  # no Hydra run (the module used from Python)
         return None
     if str(hydra_cfg.mode) == "RunMode.MULTIRUN":
         return Path(hydra_cfg.sweep.dir).name
@@ -105,6 +105,6 @@ def _hydra_job_name() -> str | None:
         from hydra.core.hydra_config import HydraConfig
 
         hydra_cfg = HydraConfig.get()
-    except Exception:
+    except ValueError:  # no Hydra run (the module used from Python)
         return None
     return hydra_cfg.job.override_dirname or Path(hydra_cfg.runtime.output_dir).name

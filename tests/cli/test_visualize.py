@@ -19,6 +19,6 @@ def test_visualize_writes_a_grid_png(checkpoints, photos, tmp_path):
     image = np.asarray(Image.open(output).convert("RGB"))
     # 2 rows x 2 cells of (input | aligned), each cell 2 tiles wide plus a caption strip
     assert image.shape[0] > 2 * 112 and image.shape[1] > 4 * 112
-    green = (image[..., 1] > 200) & (image[..., 0] < 80) & (image[..., 2] < 80)
-    assert green.sum() > 200  # the sampling quadrilaterals are drawn
+    red = (image[..., 0] > 200) & (image[..., 1] < 60) & (image[..., 2] < 60)
+    assert red.sum() > 200  # the sampling outlines are drawn, in the training picture's colour
 
