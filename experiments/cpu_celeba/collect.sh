@@ -9,7 +9,7 @@ for run in logs/cpu_celeba/*/*/; do
   run=${run%/}; [ -f "$run/metrics.json" ] || continue
   out=experiments/cpu_celeba/runs/${run#logs/cpu_celeba/}
   mkdir -p "$out/.hydra" "$out/alignment"
-  cp -f "$run"/metrics.json "$run"/val_lfw_metrics.json "$run"/roc_lfw.npz "$run"/roc_lfw.png "$out/"
+  cp -f "$run"/metrics.json "$run"/roc_lfw.npz "$run"/roc_lfw.png "$out/"
   cp -f "$run"/.hydra/config.yaml "$run"/.hydra/overrides.yaml "$out/.hydra/"
   cp -f "$run"/csv/version_0/metrics.csv "$out/train_metrics.csv"
   cp -f "$run"/undo_jitter.json "$run"/undo_jitter.png "$out/" 2>/dev/null || true

@@ -18,7 +18,7 @@ for row in "$@"; do
     *) echo "unknown row '$row' (use clean/<transform>, clean/landmarks or misaligned/<transform>)" >&2; exit 2 ;;
   esac
   start=$(date +%s)
-  "$PY" -m stn_face.train "${args[@]}" seed=42 paths.log_dir=logs/cpu_celeba \
+  "$PY" -m stn_face.cli.train "${args[@]}" seed=42 paths.log_dir=logs/cpu_celeba \
       "hydra.run.dir=logs/cpu_celeba/$row" ${EXTRA_OVERRIDES:-}
   printf '%s\t%s\t%s\n' "$row" "$(( $(date +%s) - start ))" "$(date -Is)" >> logs/cpu_celeba/times.tsv
 done
