@@ -15,10 +15,13 @@ command::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import platform
 import shlex
+import socket
 import sys
 import time
 from pathlib import Path
@@ -38,13 +41,13 @@ from stn_face.data.images import read_rgb
 from stn_face.data.prepare import MANIFEST_NAME, parse_numbers, read_manifest
 from stn_face.data.transforms import eval_transform
 from stn_face.errors import InputError, friendly_errors
+from stn_face.geometry import resize_antialiased
 from stn_face.nn.landmark_regression import (
     COORDINATES,
     fit,
     landmark_mse,
     mse_in,
     predict,
-    resize_input,
     unit_to,
 )
 
@@ -68,30 +71,32 @@ def landmarks_in_crop(box: np.ndarray, landmarks: np.ndarray, margin: float) -> 
     return (landmarks - corner + 0.5) / side
 
 
-def load_crops(root: Path, statuses: list[str], margin: float, image_size: int, input_size: int,
-               antialias: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def load_crops(root: Path, statuses: list[str], margin: float, image_size: int, input_size: int
+               ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The crops of the manifest rows with one of ``statuses`` and 5 landmarks as the localization
     net's input (``eval_transform`` as in training: resized to ``image_size``, normalised to [-1, 1];
-    then :func:`resize_input` to ``input_size``), their landmarks in unit coordinates and their
-    identities. Shapes: ``(N, 3, input_size, input_size)``, ``(N, 5, 2)``, ``N`` names.
+    then resized with antialiasing to ``input_size``, as the net would resize every batch), their
+    landmarks in unit coordinates and their identities.
+    Shapes: ``(N, 3, input_size, input_size)``, ``(N, 5, 2)``, ``N`` names.
 
-    Kept in memory for the next call with the same arguments and manifest, so the jobs of one
+    Kept in memory for the next call with the same arguments and manifest rows, so the jobs of one
     ``-m`` sweep decode the crops once.
     """
     manifest = root / MANIFEST_NAME
-    key = (str(root), manifest.stat().st_mtime_ns if manifest.is_file() else None, tuple(statuses), margin,
-           image_size, input_size, antialias)
-    if key in _LOADED:
-        return _LOADED[key]
     rows = [r for r in read_manifest(root) if r["status"] in statuses and r["output"] and r["landmarks"]]
     if not rows:
         raise InputError(f"{manifest} has no rows with status {', '.join(statuses)} and landmarks; "
                          "prepare the crops first (stn-face-prepare) or choose another data= option")
+    # keyed by the rows' content: every preparation run rewrites the manifest, even with nothing to do
+    key = (str(root), hash(tuple((r["output"], r["box"], r["landmarks"]) for r in rows)), margin, image_size,
+           input_size)
+    if key in _LOADED:
+        return _LOADED[key]
     transform = eval_transform(image_size)
     images, points = [], []
     for row in rows:
         image = transform(image=read_rgb(root / row["output"]))["image"]
-        images.append(resize_input(image[None], input_size, antialias)[0])
+        images.append(resize_antialiased(image, (input_size, input_size)))
         box = np.array(parse_numbers(row["box"]))
         landmarks = np.array(parse_numbers(row["landmarks"])).reshape(5, 2)
         points.append(landmarks_in_crop(box, landmarks, margin))
@@ -114,6 +119,25 @@ def split_by_identity(identities: list[str], held_out_fraction: float, split_see
     held_names = {names[i] for i in order[:held].tolist()}
     is_held = torch.tensor([name in held_names for name in identities])
     return torch.nonzero(~is_held).flatten(), torch.nonzero(is_held).flatten(), held
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, vector ISA, torch build and load: what every timing here is measured on.
+    (``benchmarks.common.machine_info`` composes the train config, which fails inside a Hydra app.)"""
+    info = {"cpu": platform.processor(), "flags": []}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not info["flags"]:
+                info["cpu"] = value.strip()
+            elif key.strip() == "flags":
+                info["flags"] = value.split()
+                break
+    flags = set(info.pop("flags"))
+    return {**info, "host": socket.gethostname(), "logical_cpus": os.cpu_count(),
+            "isa": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+            "load_average": list(os.getloadavg())}
 
 
 def _choice(group: str) -> str | None:
@@ -140,11 +164,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          "(data.crop.mode=crop); landmark-aligned crops put every face on one template")
     torch.set_num_threads(int(reg.threads))
     datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
+    if reg.prepare:
+        datamodule.prepare_data()
     started = time.perf_counter()
     images, unit, identities = load_crops(Path(datamodule.root), list(reg.statuses), float(cfg.data.crop.margin),
-                                          int(cfg.data.image_size), int(cfg.localization.input_size),
-                                          bool(reg.model.antialias))
+                                          int(cfg.data.image_size), int(cfg.localization.input_size))
     data_time = time.perf_counter() - started
     targets = unit_to(unit, reg.coordinates)
     train_idx, test_idx, held_identities = split_by_identity(identities, float(reg.held_out_fraction),
@@ -185,8 +209,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # training-mode batch losses, so the gap to the held-out MSE mixes BatchNorm modes and identities
     last = losses[-int(reg.last_steps_averaged):]
 
-    from stn_face.bench import machine_info
-
     settings_file = Path(datamodule.root) / PREPARE_SETTINGS
     settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
     results = {
@@ -224,7 +246,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "eval_time_s": round(eval_wall, 2),
         "data_load_time_s": round(data_time, 2),
         "threads": int(reg.threads),
-        "machine": machine_info(),
+        "machine": machine(),
         "command": _command(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)

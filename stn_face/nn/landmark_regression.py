@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stn_face.geometry import resize_antialiased
+
 COORDINATES = ("unit", "grid")
 # grid = 2 * unit - 1 doubles every error, so squared errors grow by 4
 GRID_MSE_PER_UNIT_MSE = 4.0
@@ -54,15 +56,6 @@ def landmark_mse(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(predicted, target)
 
 
-def resize_input(images: torch.Tensor, size: int, antialias: bool = True) -> torch.Tensor:
-    """Bilinear resize to ``size`` x ``size`` (``align_corners=False``), antialiased when shrinking
-    if ``antialias``; images already that size are returned as they are.
-    Shapes: ``(B, C, H, W)`` -> ``(B, C, size, size)``."""
-    if images.shape[-2:] == (size, size):
-        return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
-
-
 class LandmarkRegressor(nn.Module):
     """A localization net regressing ``num_landmarks`` points.
 
@@ -70,20 +63,19 @@ class LandmarkRegressor(nn.Module):
     ``num_params = 2 num_landmarks`` outputs: its final fully connected layer becomes the landmark
     layer. That layer starts at zero weights and a bias of ``init_landmarks`` (the training set's mean
     shape), so training starts from the mean-shape predictor, the baseline every result is compared
-    with. Images are resized to the net's ``input_size`` (64 in every Table 2 setting) here, with
-    antialiasing when ``antialias``, before the net sees them.
+    with. The net sees its ``input_size`` (64 in every Table 2 setting) as in the transformer: larger
+    images are resized with antialiasing (:func:`stn_face.geometry.resize_antialiased`).
 
     Shapes: images ``(B, C, H, W)`` -> landmarks ``(B, num_landmarks, 2)`` in the coordinates of
     ``init_landmarks`` / the training targets.
     """
 
     def __init__(self, localization: Callable[..., nn.Module], num_landmarks: int = 5,
-                 init_landmarks: torch.Tensor | None = None, antialias: bool = True) -> None:
+                 init_landmarks: torch.Tensor | None = None) -> None:
         super().__init__()
         if num_landmarks <= 0:
             raise ValueError(f"num_landmarks={num_landmarks} must be positive")
         self.num_landmarks = int(num_landmarks)
-        self.antialias = bool(antialias)
         init = None if init_landmarks is None else torch.as_tensor(init_landmarks, dtype=torch.float32).reshape(-1)
         self.net = localization(num_params=2 * self.num_landmarks, init_params=init)
         self.input_size = int(self.net.input_size)
@@ -91,7 +83,9 @@ class LandmarkRegressor(nn.Module):
     def resize(self, images: torch.Tensor) -> torch.Tensor:
         """The net's input: ``images`` resized to ``input_size`` as :meth:`forward` does (resizing a
         data set once beforehand gives the same numbers as resizing every batch)."""
-        return resize_input(images, self.input_size, self.antialias)
+        if images.shape[-2:] == (self.input_size, self.input_size):
+            return images
+        return resize_antialiased(images, (self.input_size, self.input_size))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(self.resize(images)).reshape(images.shape[0], self.num_landmarks, 2)
@@ -149,6 +143,5 @@ __all__ = [
     "mse_in",
     "pixels_to_unit",
     "predict",
-    "resize_input",
     "unit_to",
 ]
