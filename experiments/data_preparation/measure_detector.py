@@ -35,6 +35,16 @@ from stn_face.data.images import read_rgb
 from stn_face.data.mtcnn_accuracy import eye_agreement, mirror_test
 
 
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def sample(folder: Path, count: int, step: int) -> list[np.ndarray]:
     files = sorted(folder.glob("*/*.jpg"))[::step][:count]
     return [read_rgb(f) for f in files]
@@ -113,7 +123,7 @@ def main() -> None:
     for name, det in detectors.items():
         configs[f"{name} per-image"] = lambda part, d=det: [d.detect(im) for im in part]
         configs[f"{name} batched"] = det.detect_batch
-    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    report = {"machine": machine(),
               "load_average_at_start": os.getloadavg(), "torch": torch.__version__, "opencv": cv2.__version__,
               "detectors": {n: d.describe() for n, d in detectors.items()},
               "speed": {s: timed_runs(configs, ims, args.chunk) for s, ims in sets.items()}}
