@@ -28,7 +28,7 @@ UNRECORDED_FIELDS = ("max_pixels", "downscale_large")
 #: Detector arguments that say where and how fast it runs, not which faces it finds: left out of the
 #: detector record, so a folder prepared on a GPU can be resumed on the CPU. ``describe()`` keeps
 #: them under ``runtime``, which is left out too.
-RUN_ONLY_DETECTOR_KEYS = ("device", "batch_size", "num_threads")
+RUN_ONLY_DETECTOR_KEYS = ("device", "batch_size", "num_threads", "pnet_pixels")
 RUNTIME_KEY = "runtime"
 #: The name under which :func:`register_config` stores the defaults for ``conf/prepare.yaml``.
 CONFIG_NAME = "crop_settings"
