@@ -262,8 +262,8 @@ class PartialFCHead(nn.Module):
 
 # ------------------------------------------------------------------------------------------ checkpoints
 def _sharded_states(checkpoint: dict[str, Any], head: PartialFCHead):
-    """``(state entry, key)`` of every optimiser state tensor of the head's centres in a Lightning
-    checkpoint (momentum for SGD), found by the name of their parameter group."""
+    """``(state, index, key)`` of every optimiser state tensor of the head's centres in a Lightning checkpoint
+    (momentum for SGD), found by the name of their parameter group."""
     for optimizer in checkpoint.get("optimizer_states") or []:
         for group in optimizer.get("param_groups", []):
             if group.get("name") != SHARDED_GROUP:
@@ -272,29 +272,28 @@ def _sharded_states(checkpoint: dict[str, Any], head: PartialFCHead):
                 entry = optimizer["state"].get(index) or {}
                 for key in sorted(entry):
                     if torch.is_tensor(entry[key]) and entry[key].dim() == param.dim():  # not e.g. Adam's step
-                        yield entry, key
+                        yield optimizer["state"], index, key
+
+
+def _replace_rows(checkpoint: dict[str, Any], head: PartialFCHead, prefix: str, change, only_rows: int | None) -> None:
+    state = checkpoint["state_dict"]
+    for name, _ in head.named_parameters():
+        if state.get(prefix + name) is not None and only_rows in (None, state[prefix + name].shape[0]):
+            state[prefix + name] = change(state[prefix + name])
+    for states, index, key in list(_sharded_states(checkpoint, head)):
+        if only_rows in (None, states[index][key].shape[0]):
+            # a new entry: optimizer.state_dict() hands out the optimiser's own state dicts
+            states[index] = {**states[index], key: change(states[index][key])}
 
 
 def gather_shards_into_checkpoint(checkpoint: dict[str, Any], head: PartialFCHead, prefix: str) -> None:
     """Put the whole ``(C, D)`` centres and their optimiser state into a checkpoint being saved (every
     rank calls it; rank 0, which writes the file, receives the shards)."""
-    if head.world_size == 1:
-        return
-    state = checkpoint["state_dict"]
-    for name, _ in head.named_parameters():
-        state[prefix + name] = head.gather_rows(state[prefix + name])
-    for entry, key in _sharded_states(checkpoint, head):
-        entry[key] = head.gather_rows(entry[key])
+    if head.world_size > 1:
+        _replace_rows(checkpoint, head, prefix, head.gather_rows, None)
 
 
 def take_shard_from_checkpoint(checkpoint: dict[str, Any], head: PartialFCHead, prefix: str) -> None:
     """Replace the whole centres and their optimiser state in a loaded checkpoint by this rank's rows."""
-    if head.world_size == 1:
-        return
-    state = checkpoint["state_dict"]
-    for name, _ in head.named_parameters():
-        if state.get(prefix + name) is not None and state[prefix + name].shape[0] == head.num_classes:
-            state[prefix + name] = head.local_rows(state[prefix + name])
-    for entry, key in _sharded_states(checkpoint, head):
-        if entry[key].shape[0] == head.num_classes:
-            entry[key] = head.local_rows(entry[key])
+    if head.world_size > 1:
+        _replace_rows(checkpoint, head, prefix, head.local_rows, head.num_classes)
