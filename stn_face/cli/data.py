@@ -7,7 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from stn_face.cli.entry import argparse_command, run_module
-from stn_face.data.download import LFW_BASE_URL, LFW_FILES, OTHER_DATASETS, DownloadError, download_lfw
+from stn_face.data import download
+from stn_face.data.download import LFW_BASE_URL, OTHER_DATASETS, DownloadError, download_lfw
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -42,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point of ``stn-face-data``; returns the exit code (0 ok, 1 download problem)."""
     args = _parse(argv)
     try:
-        folder = download_lfw(args.target, args.base_url or LFW_BASE_URL, files=LFW_FILES,
+        # download.LFW_FILES is looked up at call time: the tests serve their own table
+        folder = download_lfw(args.target, args.base_url or LFW_BASE_URL, files=download.LFW_FILES,
                               keep_archives=args.keep_archives,
                               progress=not args.no_progress, timeout=args.timeout)
     except DownloadError as err:
