@@ -17,6 +17,7 @@ from tests.helpers import run_cli
 SMOKE = ["experiment=smoke", "eval.max_pairs_per_fold=5", "data.num_workers=0"]
 
 
+@pytest.mark.slow
 def test_checkpoint_write_is_atomic(tmp_path):
     """A process killed while saving leaves either no file or a complete, loadable one."""
     target = tmp_path / "model.ckpt"
@@ -56,6 +57,7 @@ def _no_traceback(result):
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_architecture_is_explained(tmp_path, lfw_dir):
     first = tmp_path / "tiny"
     result = run_cli(["stn_face.cli.train", *SMOKE, "trainer.max_steps=1", "trainer.val_check_interval=1",

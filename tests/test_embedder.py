@@ -146,6 +146,7 @@ def test_older_checkpoints_rebuild_from_the_hydra_run_folder(checkpoints, tmp_pa
     np.testing.assert_allclose(old.embed(crops), new.embed(crops), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_import_stn_face_stays_light():
     code = ("import sys, stn_face; assert 'torch' not in sys.modules, 'torch imported'; "
             "cls = stn_face.FaceEmbedder; assert cls.__module__ == 'stn_face.embedder'; print('ok')")

@@ -77,6 +77,7 @@ def test_raw_embeddings_export(checkpoints, batch, tmp_path):
     assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
+@pytest.mark.slow
 def test_export_cli(checkpoints, tmp_path):
     import shutil
 

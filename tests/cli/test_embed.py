@@ -11,6 +11,7 @@ from tests.helpers import compose_cli
 pytestmark = [pytest.mark.data, pytest.mark.usefixtures("one_thread")]
 
 
+@pytest.mark.slow
 def test_embed_raw_photos_with_failures_and_root_level_files(checkpoints, photos, tmp_path, capsys):
     folder = tmp_path / "photos"
     (folder / "Aaron_Peirsol").mkdir(parents=True)

@@ -21,6 +21,7 @@ def eval_cfg(tmp_path, *overrides):
     return compose_cli("evaluate", [f"paths.output_dir={tmp_path}", "progress=false", *overrides])
 
 
+@pytest.mark.slow
 def test_embed_npz_eval_round_trip_matches_checkpoint_evaluation(checkpoints, view2_crops, data_dir, tmp_path):
     root, names = view2_crops
     ckpt = checkpoints["projective"]
@@ -93,6 +94,7 @@ def test_eval_pairs_is_the_pair_file_option(data_dir, tmp_path):
     assert scoring.build_eval_set(eval_cfg(tmp_path, "eval=ytf").eval).pairs_file.endswith("splits.txt")
 
 
+@pytest.mark.slow
 def test_ytf_scores_the_available_pair_only_with_the_opt_in(checkpoints, tmp_path, capsys):
     ckpt = checkpoints["similarity"]
     cfg = eval_cfg(tmp_path, f"ckpt={ckpt}", "eval=ytf", "eval.max_frames=3")

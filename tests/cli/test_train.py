@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.helpers import run_cli
 
 SMOKE = ["experiment=smoke", "eval.max_pairs_per_fold=5", "data.num_workers=0"]
@@ -12,6 +14,7 @@ def _no_traceback(result):
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_unknown_config_option_lists_valid_ones():
     result = run_cli(["stn_face.cli.train", "transform=homography"])
     assert result.returncode == 2  # the exit code of every input error
@@ -20,6 +23,7 @@ def test_unknown_config_option_lists_valid_ones():
         assert name in result.stderr
 
 
+@pytest.mark.slow
 def test_missing_data_folder_names_path_and_fix(tmp_path):
     missing = tmp_path / "nowhere"
     result = run_cli(["stn_face.cli.train", *SMOKE], env={"STN_FACE_DATA": str(missing)})
@@ -28,6 +32,7 @@ def test_missing_data_folder_names_path_and_fix(tmp_path):
     assert str(missing) in result.stderr and "stn-face-data" in result.stderr
 
 
+@pytest.mark.slow
 def test_empty_training_folder_is_explained(tmp_path, lfw_dir):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -37,6 +42,7 @@ def test_empty_training_folder_is_explained(tmp_path, lfw_dir):
     assert str(empty) in result.stderr and "stn-face-prepare" in result.stderr
 
 
+@pytest.mark.slow
 def test_pair_file_with_missing_images_says_how_many_and_which(tmp_path, lfw_dir):
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("2\nAaron_Peirsol\t1\t2\nNo_Such_Person\t1\t3\nAaron_Peirsol\t1\tAbel_Pacheco\t1\n"
@@ -47,6 +53,7 @@ def test_pair_file_with_missing_images_says_how_many_and_which(tmp_path, lfw_dir
     assert "No_Such_Person" in result.stderr and "2" in result.stderr
 
 
+@pytest.mark.slow
 def test_folder_data_without_or_with_a_missing_root_is_one_line_with_the_fix(tmp_path):
     result = run_cli(["stn_face.cli.train", *SMOKE, "data=folder"])
     assert result.returncode == 2

@@ -12,6 +12,7 @@ from tests.helpers import CLI_ENV, compose_cli, expect_input_error, run_cli
 pytestmark = [pytest.mark.data, pytest.mark.usefixtures("one_thread")]
 
 
+@pytest.mark.slow
 def test_verify_prints_score_and_decision_and_saves_aligned_faces(checkpoints, photos, tmp_path):
     a, b = photos / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg", photos / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg"
     result = run_cli(["stn_face.cli.verify", f"ckpt={checkpoints['projective']}", f"a={a}", f"b={b}",
@@ -27,6 +28,7 @@ def test_verify_prints_score_and_decision_and_saves_aligned_faces(checkpoints, p
     assert Image.open(saved[0]).size == (112, 112)
 
 
+@pytest.mark.slow
 def test_input_errors_exit_2_with_one_message(checkpoints, photos, tmp_path, capsys):
     # in the real command: a checkpoint of another architecture (similarity weights, affine config)
     ckpt = torch.load(checkpoints["similarity"], map_location="cpu", weights_only=True)

@@ -11,6 +11,7 @@ from tests.helpers import CLI_ENV, run_cli
 pytestmark = [pytest.mark.data, pytest.mark.usefixtures("one_thread")]
 
 
+@pytest.mark.slow
 def test_visualize_writes_a_grid_png(checkpoints, photos, tmp_path):
     output = tmp_path / "grid.png"
     result = run_cli(["stn_face.cli.visualize", f"ckpt={checkpoints['affine']}", f"input={photos / 'Aaron_Peirsol'}",

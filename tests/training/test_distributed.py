@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.helpers import run_cli
+
+pytestmark = pytest.mark.slow  # subprocess commands, DDP, sweeps, kill-and-resume
 
 SMOKE = ["experiment=smoke", "eval.max_pairs_per_fold=5", "data.num_workers=0"]
 

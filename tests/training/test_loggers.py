@@ -7,7 +7,11 @@ import math
 import struct
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import run_cli
+
+pytestmark = pytest.mark.slow  # subprocess commands, DDP, sweeps, kill-and-resume
 
 BLOCK = 32768  # the .wandb file is a LevelDB-style log: 32 KiB blocks of (crc, length, type) records
 

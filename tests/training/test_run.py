@@ -18,6 +18,8 @@ from stn_face.data.datamodule import FaceDataModule
 from stn_face.paths import REPO_ROOT
 from tests.helpers import LFW_TRAIN_PEOPLE, compose_train, prepare_small_lfw, run_cli
 
+pytestmark = pytest.mark.slow  # subprocess commands, DDP, sweeps, kill-and-resume
+
 
 class LossRecorder(L.Callback):
     def __init__(self):

@@ -175,6 +175,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           check=False, env=env, cwd=REPO_ROOT, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_prepares_a_folder_and_reports_bad_input(lfw_dir, tmp_path):
     raw = tmp_path / "raw"
     for name in ("Aaron_Peirsol", "Abel_Pacheco"):

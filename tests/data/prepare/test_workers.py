@@ -49,6 +49,7 @@ def _photos(lfw_dir: Path) -> list[str]:
     return [f"{name}/{name}_{i:04d}.jpg" for name in ("Aaron_Peirsol", "Colin_Powell") for i in (1, 2, 3)]
 
 
+@pytest.mark.slow
 def test_one_process_batches_give_what_worker_processes_give(lfw_dir, tmp_path):
     photos = lfw_dir / "lfw-deepfunneled"
     files = _photos(lfw_dir)
@@ -112,6 +113,7 @@ class CrashingDetector:
         return self.inner.detect(image_rgb)
 
 
+@pytest.mark.slow
 def test_a_crashing_worker_fails_one_file_not_the_run(lfw_dir, tmp_path):
     raw = tmp_path / "raw"
     (raw / "p").mkdir(parents=True)
