@@ -19,6 +19,8 @@ a step ~3x slower and their CPU time unstable (OpenMP spin-waits). Sections:
 ``eval``       LFW images embedded per second (each with its mirror image), small backbone.
 ``precision``  fp32 / bf16-mixed, channels_last, ``torch.compile``: throughput, warm-up and peak RSS, one
                subprocess per configuration (interleaved through a pipe).
+``head_memory`` the margin head's memory per rank, full head vs Partial FC, 10k-2M identities on 1, 8 and
+               64 ranks: measured where it fits, computed elsewhere (benchmarks/head_memory.py).
 
 Each section is its own module beside this one. Writes ``<paths.log_dir>/bench/<YYYY-MM-DD>-<hostname>.json``
 (``logs/bench/`` by default; ``--out`` names the file) and prints a table. ``--quick`` runs every
@@ -47,6 +49,8 @@ import torch
 
 from benchmarks.common import Budget, default_output, machine_info, quiet, resolve_crops, shrink_defaults
 from benchmarks.evaluation import bench_eval
+from benchmarks.head_memory import bench_section as bench_head_memory
+from benchmarks.head_memory import table_rows as head_memory_rows
 from benchmarks.overhead import bench_overhead
 from benchmarks.precision import DEFAULT_PRECISION_CONFIGS, bench_precision
 from benchmarks.stn_pipeline import bench_paper
@@ -57,7 +61,7 @@ TARGETS = {
     "stn_step_share": ("<=", 0.05),
     "pipeline_ratio": (">=", 0.90),
 }
-SECTIONS = ("overhead", "stn", "pipeline", "eval", "precision")
+SECTIONS = ("overhead", "stn", "pipeline", "eval", "precision", "head_memory")
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -290,6 +294,7 @@ def table(result: dict[str, Any]) -> str:
                 "",
             )
         )
+    rows += head_memory_rows(result["head_memory"]) if "head_memory" in result else []
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for i, row in enumerate(rows):
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
@@ -377,6 +382,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             if out:
                 result["precision"] = {k: v for k, v in out.items() if k != "precision_layout"}
                 result["precision_layout"] = out["precision_layout"]
+        if "head_memory" in sections:
+            out = section("head_memory", lambda: bench_head_memory(args, budget))
+            if out:
+                result["head_memory"] = out
     if "framework_overhead_ratio" in result:
         result["targets"]["framework_overhead_ratio"] = _met(
             "framework_overhead_ratio", result["framework_overhead_ratio"]

@@ -160,7 +160,7 @@ class PartialFCHead(nn.Module):
             raise ValueError(f"a classifier head needs at least 2 classes, got {num_classes}")
         if not 0.0 < float(sample_rate) <= 1.0:
             raise InputError(f"head.sample_rate={sample_rate}: the share of class centres per step must be in "
-                             "(0, 1]; e.g. head.sample_rate=0.1 (insightface's choice for large sets) or 1.0 (all)")
+                             "(0, 1]; e.g. head.sample_rate=0.2 (insightface's WebFace42M setting) or 1.0 (all centres)")
         if not normalize:
             raise InputError("head=partial_fc is a normalised margin head: normalize=false is not supported "
                              "(use head=softmax for a plain linear classifier)")

@@ -37,3 +37,20 @@ def test_a_measured_case_holds_the_computed_bytes():
     assert rows[(2, "partial_fc@1")]["measured_state_bytes"] * 2 == rows[(1, "partial_fc@1")]["measured_state_bytes"]
     text = head_memory.markdown(result)
     assert "| 1,000 | 2 | 5.86 MiB | 2.93 MiB* | 2.93 MiB* |" in text
+
+
+@pytest.mark.slow
+def test_stn_face_bench_runs_the_section(tmp_path):
+    import json
+
+    from benchmarks import cpu
+
+    out = tmp_path / "bench.json"
+    assert cpu.main(["--quick", "--sections", "head_memory", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["skipped"] == {}
+    measured = [r for r in result["head_memory"]["rows"] if r["source"] == "measured"]
+    assert {(r["identities"], r["world_size"], r["head"]) for r in measured} == {
+        (1_000, 2, "partial_fc@1"), (1_000, 2, "partial_fc@0.1")}
+    assert all(r["formula_matches"] for r in measured)
+    assert "head partial_fc@0.1 C=1,000 W=2" in cpu.table(result)
