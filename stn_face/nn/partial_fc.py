@@ -246,7 +246,8 @@ class PartialFCHead(nn.Module):
             columns = sample_columns(local, self.num_local, self.num_sample, self._generator(step))
             local = torch.where(local >= 0, torch.searchsorted(columns, local.clamp_min(0)), local)
             weight = weight[columns]
-        cosine = F.linear(F.normalize(embeddings), F.normalize(weight)).clamp(-1.0, 1.0)
+        # float32 from here on: under autocast the matmul runs in bf16/fp16, the softmax must not
+        cosine = F.linear(F.normalize(embeddings), F.normalize(weight)).float().clamp(-1.0, 1.0)
         logits = margin_logits(cosine, local, self.s, self.m1, self.m2, self.m3, margin_factor)
         return _ShardedCrossEntropy.apply(logits, local, distributed)
 
