@@ -21,6 +21,8 @@ a step ~3x slower and their CPU time unstable (OpenMP spin-waits). Sections:
                subprocess per configuration (interleaved through a pipe).
 ``head_memory`` the margin head's memory per rank, full head vs Partial FC, 10k-2M identities on 1, 8 and
                64 ranks: measured where it fits, computed elsewhere (benchmarks/head_memory.py).
+``recordio``   read throughput per DataLoader worker, ``data=rec`` (train.rec) against the folder of JPEGs:
+               images/s and CPU ms per image (benchmarks/recordio.py).
 
 Each section is its own module beside this one. Writes ``<paths.log_dir>/bench/<YYYY-MM-DD>-<hostname>.json``
 (``logs/bench/`` by default; ``--out`` names the file) and prints a table. ``--quick`` runs every
@@ -53,6 +55,8 @@ from benchmarks.head_memory import bench_section as bench_head_memory
 from benchmarks.head_memory import table_rows as head_memory_rows
 from benchmarks.overhead import bench_overhead
 from benchmarks.precision import DEFAULT_PRECISION_CONFIGS, bench_precision
+from benchmarks.recordio import bench_recordio
+from benchmarks.recordio import table as recordio_table
 from benchmarks.stn_pipeline import bench_paper
 from stn_face.errors import InputError, friendly_errors
 
@@ -61,7 +65,7 @@ TARGETS = {
     "stn_step_share": ("<=", 0.05),
     "pipeline_ratio": (">=", 0.90),
 }
-SECTIONS = ("overhead", "stn", "pipeline", "eval", "precision", "head_memory")
+SECTIONS = ("overhead", "stn", "pipeline", "eval", "precision", "head_memory", "recordio")
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -104,7 +108,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-batch", type=int, default=64)
     p.add_argument("--eval-images", type=int, default=128)
     p.add_argument("--distinct-batches", type=int, default=4, help="preloaded batches cycled through")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (eval, precision)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (eval, precision, recordio)")
+    p.add_argument("--recordio-images", type=int, default=1000, help="training items read per recordio round")
     p.add_argument("--overhead-rounds", type=int, default=5, help="interleaved rounds (overhead)")
     p.add_argument("--paper-rounds", type=int, default=2, help="interleaved rounds (stn, pipeline)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
@@ -169,6 +174,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "isolated_reps": 1,
             "loader_batches": 2,
             "precision_configs": "fp32,bf16+cl",
+            "recordio_images": 16,
         }
         shrink_defaults(args, p, quick)
     return args
@@ -304,6 +310,8 @@ def table(result: dict[str, Any]) -> str:
         "CPU-time: images per CPU-second of the training process (+ DataLoader workers where they "
         "run); ratios are medians over interleaved rounds."
     )
+    if "recordio" in result:
+        lines += ["", recordio_table(result["recordio"])]
     if result.get("precision"):
         pr = result["precision"]
         lines.append(
@@ -386,6 +394,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             out = section("head_memory", lambda: bench_head_memory(args, budget))
             if out:
                 result["head_memory"] = out
+        if "recordio" in sections:
+            out = section("recordio", lambda: bench_recordio(args, crops, budget))
+            if out:
+                result["recordio"] = out
     if "framework_overhead_ratio" in result:
         result["targets"]["framework_overhead_ratio"] = _met(
             "framework_overhead_ratio", result["framework_overhead_ratio"]

@@ -109,7 +109,7 @@ def test_unknown_section_is_one_error_line(capsys):
         bench_cli.main(["--sections", "overhead,warp"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        "error: --sections: unknown warp; choose from overhead, stn, pipeline, eval, precision, head_memory"
+        "error: --sections: unknown warp; choose from overhead, stn, pipeline, eval, precision, head_memory, recordio"
     )
 
 
