@@ -8,10 +8,10 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from stn_face.geometry import decompose
+from stn_face.nn.embedding import flip_sum
 from stn_face.nn.partial_fc import (
     SHARDED_GROUP,
     PartialFCHead,
@@ -43,6 +43,7 @@ class StnFaceModule(L.LightningModule):
     """
 
     model_config: dict[str, Any] | None = None
+    loaded_step: int | None = None  # the step of the last checkpoint loaded (train=false evaluation)
 
     def __init__(
         self,
@@ -96,9 +97,7 @@ class StnFaceModule(L.LightningModule):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The paper's test feature: normalised embedding of the image plus that of its mirror image,
         re-normalised. ``(B, 3, H, W)`` -> ``(B, D)``."""
-        both = self.forward(torch.cat([images, images.flip(-1)]))
-        first, mirrored = both.chunk(2)
-        return F.normalize(F.normalize(first) + F.normalize(mirrored))
+        return flip_sum(self.forward, images)
 
     # ------------------------------------------------------------------ optimisation (public pieces)
     # The training step, the optimiser hook and configure_optimizers are built from these; a plain
@@ -249,6 +248,7 @@ class StnFaceModule(L.LightningModule):
             gather_shards_into_checkpoint(checkpoint, self.head, prefix="head.")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.loaded_step = int(checkpoint.get("global_step", 0))  # the step of evaluated weights
         if isinstance(self.head, PartialFCHead):
             take_shard_from_checkpoint(checkpoint, self.head, prefix="head.")
         if self.model_config is None and checkpoint.get("model_config") is not None:
