@@ -51,13 +51,28 @@ def _config_error_types() -> tuple[type[BaseException], ...]:
     return (module.OmegaConfBaseException,) if module is not None else ()
 
 
+def input_error_in(error: BaseException) -> BaseException | None:
+    """``error`` itself when it is an input error, or the input error it wraps (Hydra's instantiate
+    re-raises a constructor's errors inside its own exception), else None."""
+    kinds = (InputError, *_config_error_types())
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, InputError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__
+    return error if isinstance(error, kinds) else None
+
+
 @contextlib.contextmanager
 def friendly_errors():
     """Print ``error: <message>`` for input problems and exit 2; ``STN_FACE_DEBUG=1`` re-raises."""
     try:
         yield
-    except (InputError, *_config_error_types()) as error:
-        if os.environ.get("STN_FACE_DEBUG"):
+    except Exception as raised:
+        error = input_error_in(raised)
+        if error is None or os.environ.get("STN_FACE_DEBUG"):
             raise
         message = str(error).strip() or type(error).__name__
         print(f"error: {message}", file=sys.stderr, flush=True)

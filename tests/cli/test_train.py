@@ -79,3 +79,14 @@ def test_unset_data_root_names_the_variable_the_default_and_the_download(tmp_pat
     assert str(tmp_path / "cache" / "stn_face" / "data") in result.stderr
     assert "eval.pairs=" not in result.stderr  # not the fix when the data root itself is missing
 
+
+
+@pytest.mark.slow
+def test_an_input_error_raised_while_building_the_model_is_one_line(tmp_path):
+    """Hydra's instantiate wraps a constructor's errors; the input error inside still gives one line."""
+    result = run_cli(["stn_face.cli.train", "experiment=smoke", "head=partial_fc", "head.sample_rate=2",
+                      "trainer.max_steps=1", f"hydra.run.dir={tmp_path}"])
+    assert result.returncode == 2
+    _no_traceback(result)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "head.sample_rate=2" in errors[0]
