@@ -1,24 +1,40 @@
 #!/usr/bin/env bash
-# Run rows of the CPU study one after another (never two at once on a 2-core machine) and append each
-# row's wall time to logs/cpu_celeba/times.tsv. Rows: clean/<t> or misaligned/<t> for a transform t
-# (identity, similarity, affine, projective), and clean/landmarks.
-#   bash experiments/cpu_celeba/run.sh clean/identity clean/projective misaligned/projective
+# Run rows of the CPU study one after another (never two at once on a 2-core machine), each with every
+# seed in $SEEDS (default "42 43 44"), into logs/cpu_celeba/<study>/<row>/seed<k>. A run whose
+# metrics.json exists is skipped, so the script resumes where it stopped. Each finished run appends
+# its command, seed, wall time, machine and load to logs/cpu_celeba/times.tsv; an unfinished run's
+# folder is removed and the run starts again.
+# Rows: clean/<t> or misaligned/<t> for a transform t (identity, similarity, affine, projective, tps),
+# clean/landmarks (5-point aligned crops, no transformer) and clean/landmarks_projective.
+#   SEEDS="42 43 44" bash experiments/cpu_celeba/run.sh misaligned/identity misaligned/projective
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${STN_FACE_DATA:?set STN_FACE_DATA to the data folder (see README: Data)}"
 export NO_ALBUMENTATIONS_UPDATE=1
 PY=${PYTHON:-.venv/bin/python}
+SEEDS=${SEEDS:-42 43 44}
 mkdir -p logs/cpu_celeba
+machine=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | xargs)
+grep -qw amx_bf16 /proc/cpuinfo && machine="$machine (AMX)" || true
+machine="$machine, $(nproc) cores"
 for row in "$@"; do
   study=${row%%/*}; variant=${row#*/}
   case "$study/$variant" in
-    clean/landmarks) args=(experiment=cpu_celeba_landmarks) ;;
+    clean/landmarks) args=(experiment=cpu_celeba_landmarks transform=identity) ;;
+    clean/landmarks_projective) args=(experiment=cpu_celeba_landmarks transform=projective) ;;
     clean/*) args=(experiment=cpu_celeba "transform=$variant") ;;
     misaligned/*) args=(experiment=cpu_celeba_misaligned "transform=$variant") ;;
-    *) echo "unknown row '$row' (use clean/<transform>, clean/landmarks or misaligned/<transform>)" >&2; exit 2 ;;
+    *) echo "unknown row '$row' (use clean/<transform>, clean/landmarks, clean/landmarks_projective or misaligned/<transform>)" >&2; exit 2 ;;
   esac
-  start=$(date +%s)
-  "$PY" -m stn_face.cli.train "${args[@]}" seed=42 paths.log_dir=logs/cpu_celeba \
-      "hydra.run.dir=logs/cpu_celeba/$row" ${EXTRA_OVERRIDES:-}
-  printf '%s\t%s\t%s\n' "$row" "$(( $(date +%s) - start ))" "$(date -Is)" >> logs/cpu_celeba/times.tsv
+  for seed in $SEEDS; do
+    dir=logs/cpu_celeba/$row/seed$seed
+    if [ -f "$dir/metrics.json" ]; then echo "$dir: done, skipped"; continue; fi
+    rm -rf "$dir"  # an interrupted run starts again from step 0 (its seed fixes everything else)
+    cmd=(stn-face-train "${args[@]}" "seed=$seed" paths.log_dir=logs/cpu_celeba "hydra.run.dir=$dir")
+    echo "== $row seed $seed: ${cmd[*]}"
+    start=$(date +%s)
+    "$PY" -m stn_face.cli.train "${cmd[@]:1}" ${EXTRA_OVERRIDES:-}
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$row" "$seed" "$(( $(date +%s) - start ))" "$(date -Is)" \
+        "$machine" "$(cut -d' ' -f1-3 /proc/loadavg)" "${cmd[*]}" >> logs/cpu_celeba/times.tsv
+  done
 done

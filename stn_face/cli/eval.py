@@ -38,16 +38,16 @@ def main(cfg) -> dict[str, Any]:
     eval_set = build_eval_set(cfg.eval)
     if ckpt:
         crop = OmegaConf.to_container(cfg.crop, resolve=True) if cfg.get("crop") else None
-        metrics, (fpr, tpr) = score_checkpoint(eval_set, resolve_checkpoint(ckpt), device=cfg.device, crop=crop,
+        metrics, pairs = score_checkpoint(eval_set, resolve_checkpoint(ckpt), device=cfg.device, crop=crop,
                                                batch_size=int(cfg.batch_size), flip=bool(cfg.flip),
                                                prepare_workers=int(cfg.prepare_workers),
                                                progress=bool(cfg.progress))
     else:
-        metrics, (fpr, tpr) = score_embeddings(eval_set, embeddings_file)
+        metrics, pairs = score_embeddings(eval_set, embeddings_file)
     record = metrics_record({eval_set.name: metrics}, eval_set.name, kind="eval")
     out = Path(cfg.paths.output_dir)
     written = [write_metrics(out, record)]
-    written += write_roc(out, eval_set.name, fpr, tpr, metrics, log_fpr=bool(cfg.log_fpr),
+    written += write_roc(out, eval_set.name, pairs, metrics, log_fpr=bool(cfg.log_fpr),
                          published_roc_dir=cfg.get("published_roc_dir"))
     print(format_table(metrics), flush=True)
     print(f"written: {', '.join(p.name for p in written)} in {out}", flush=True)

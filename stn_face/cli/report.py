@@ -1,5 +1,8 @@
 """``stn-face-report DIR``: a Table-3-style table (``table.md``, ``table.csv``) and ``roc.png`` of the runs
-below DIR (a Hydra multirun folder or any folder of run folders)."""
+below DIR (a Hydra multirun folder or any folder of run folders). Where runs differ only in ``seed``, also
+``seeds.md``/``.csv`` (mean ± std across seeds), ``paired.md``/``.csv`` (each learned row against its
+identity row, with bootstrap intervals), and ``roc.png`` draws one curve per row
+(:mod:`stn_face.evaluation.study`)."""
 
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--published", type=Path, default=None,
                         help="folder of published LFW ROC files to draw too, e.g. $STN_FACE_DATA/lfw/published-roc")
     parser.add_argument("--far", default="1e-3", help="the TAR@FAR column, as a metrics key (default 1e-3)")
+    parser.add_argument("--bootstrap", type=int, default=10_000,
+                        help="bootstrap resamples of the paired comparisons (default 10000)")
     args = parser.parse_args(argv)
 
     if not args.dir.is_dir():
@@ -44,8 +49,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         from stn_face.evaluation.plots import load_published_rocs
 
         published = load_published_rocs(args.published)
-    roc_path = write_roc_figure(runs, Path(out) / "roc.png", args.dir, published=published)
+    from stn_face.evaluation.study import group_by_seed, write_study
+
     print(md_path.read_text())
+    rows = group_by_seed(runs, args.dir)
+    if any(len(row.runs) > 1 for row in rows):
+        if args.bootstrap < 100:
+            parser.error(f"--bootstrap {args.bootstrap} is too few resamples for a 95 % interval; use 1000 or more")
+        written = write_study(rows, out, far=args.far, published=published, n_boot=args.bootstrap)
+        for path in written:
+            if path.suffix == ".md":
+                print(path.read_text())
+        print(f"wrote {md_path}, {csv_path}, " + ", ".join(str(p) for p in written))
+        return 0
+    roc_path = write_roc_figure(runs, Path(out) / "roc.png", args.dir, published=published)
     print(f"wrote {md_path}, {csv_path}" + (f", {roc_path}" if roc_path else " (no roc_lfw.npz found: no roc.png)"))
     return 0
 

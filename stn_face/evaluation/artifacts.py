@@ -27,9 +27,12 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from stn_face.evaluation.verification import ScoredPairs
 
 METRICS_FILE = "metrics.json"
 #: ROC file name pattern beside ``metrics.json``; ``{benchmark}`` is e.g. ``lfw`` or ``ytf``.
@@ -96,15 +99,17 @@ def write_metrics(output_dir: str | Path, record: Mapping[str, Any]) -> Path:
     return save_metrics_json(Path(output_dir) / METRICS_FILE, record)
 
 
-def write_roc(output_dir: str | Path, name: str, fpr: np.ndarray, tpr: np.ndarray, metrics: Mapping[str, Any],
+def write_roc(output_dir: str | Path, name: str, pairs: ScoredPairs, metrics: Mapping[str, Any],
               log_fpr: bool = True, published_roc_dir: str | Path | None = None, plot: bool = True,
               title: str | None = None) -> list[Path]:
-    """``roc_<name>.npz`` and (``plot``) ``roc_<name>.png`` beside metrics.json; the published LFW curves
-    are drawn behind the model's for LFW sets when ``published_roc_dir`` exists. Returns the files."""
+    """``roc_<name>.npz`` (the ROC and every scored pair) and (``plot``) ``roc_<name>.png`` beside
+    metrics.json; the published LFW curves are drawn behind the model's for LFW sets when
+    ``published_roc_dir`` exists. Returns the files."""
     from stn_face.evaluation.verification import save_roc_npz
 
     out = Path(output_dir)
-    written = [save_roc_npz(out / ROC_FILE.format(benchmark=name), fpr, tpr)]
+    fpr, tpr = pairs.roc()
+    written = [save_roc_npz(out / ROC_FILE.format(benchmark=name), fpr, tpr, pairs=pairs)]
     if not plot or np.asarray(fpr).size == 0:
         return written
     from stn_face.evaluation.plots import load_published_rocs, plot_roc

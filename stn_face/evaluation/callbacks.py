@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 
 from stn_face.evaluation.collect import FeatureCollector
 from stn_face.evaluation.verification import set_metrics
@@ -93,7 +92,7 @@ class VerificationCallback(L.Callback):
                 log.warning("%s: got features of %d of %d images (limit_val_batches?); not scored",
                             eval_set.name, indices.numel(), expected)
                 continue
-            metrics, (fpr, tpr) = set_metrics(eval_set, features.cpu().numpy())
+            metrics, pairs = set_metrics(eval_set, features.cpu().numpy())
             metrics["epoch"], metrics["step"] = trainer.current_epoch, self._step(trainer, pl_module)
             self.latest[eval_set.name] = metrics
             best = self.best.get(eval_set.name)
@@ -108,17 +107,17 @@ class VerificationCallback(L.Callback):
             values[f"{stage}/{name}_acc_best"] = float(self.best[name]["accuracy_mean"])
             pl_module.log_dict(values, sync_dist=False, batch_size=1, add_dataloader_idx=False)
             if trainer.is_global_zero:
-                self._write(trainer, stage, name, metrics, fpr, tpr)
+                self._write(trainer, stage, name, metrics, pairs)
         if trainer.is_global_zero and self.latest:
             self._write_record(trainer, pl_module)
 
     def _output_dir(self, trainer) -> Path:
         return Path(self.output_dir or trainer.default_root_dir)
 
-    def _write(self, trainer, stage: str, name: str, metrics: dict, fpr: np.ndarray, tpr: np.ndarray) -> None:
+    def _write(self, trainer, stage: str, name: str, metrics: dict, pairs) -> None:
         from stn_face.evaluation.artifacts import write_roc
 
-        written = write_roc(self._output_dir(trainer), name, fpr, tpr, metrics, log_fpr=self.log_fpr,
+        written = write_roc(self._output_dir(trainer), name, pairs, metrics, log_fpr=self.log_fpr,
                             published_roc_dir=self.published_roc_dir, plot=self.plot,
                             title=f"{name} ROC, step {metrics['step']}")
         if len(written) > 1:

@@ -66,6 +66,7 @@ class Run:
     localization: str | None = None
     data: str | None = None
     overrides: list[str] = field(default_factory=list)
+    seed: int | None = None
 
     def roc_path(self, benchmark: str = "lfw") -> Path | None:
         path = self.directory / ROC_FILE.format(benchmark=benchmark)
@@ -158,7 +159,13 @@ def _read_settings(run_dir: Path, root: Path) -> dict[str, Any]:
     override_list = _load_yaml(hydra_dir / "overrides.yaml") or []
     overrides = _parse_overrides(override_list)
     config = _load_yaml(hydra_dir / "config.yaml") or {}
+    seed = overrides.get("seed", config.get("seed") if isinstance(config, dict) else None)
+    try:
+        seed = None if seed is None else int(seed)
+    except (TypeError, ValueError):
+        seed = None
     return {
+        "seed": seed,
         "transform": _choice("transform", choices, overrides, config),
         "localization": _choice("localization", choices, overrides, config),
         "data": _choice("data", choices, overrides, config),
@@ -191,6 +198,7 @@ def find_runs(root: str | Path) -> list[Run]:
                 localization=settings.get("localization"),
                 data=settings.get("data"),
                 overrides=settings.get("overrides", []),
+                seed=settings.get("seed"),
             )
         )
     return runs

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from stn_face.errors import InputError, MissingInputError
+
+if TYPE_CHECKING:
+    from stn_face.evaluation.verification import ScoredPairs
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +138,9 @@ def load_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
 
 def score_checkpoint(eval_set, ckpt: str | Path, device: str = "cpu", crop: dict[str, Any] | None = None,
                      batch_size: int = 64, flip: bool = True, prepare_workers: int = 2,
-                     progress: bool = True) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+                     progress: bool = True) -> tuple[dict[str, Any], ScoredPairs]:
     """Crop (cached), embed and score ``eval_set`` with a checkpoint; ``crop=None``: the model's own
-    crop settings. Returns ``(metrics, (fpr, tpr))``; metrics name the checkpoint and its step."""
+    crop settings. Returns ``(metrics, ScoredPairs)``; metrics name the checkpoint and its step."""
     from stn_face.data.protocols import MissingImagesError
 
     try:
@@ -156,17 +159,17 @@ def score_checkpoint(eval_set, ckpt: str | Path, device: str = "cpu", crop: dict
     eval_set.prepare(crop or embedder.crop_settings, workers=prepare_workers, progress=progress)
     eval_set.resolve()
     features = embedder.embed_files(eval_set.items, batch_size=batch_size, progress=progress, flip=flip)
-    metrics, roc = set_metrics(eval_set, features)
+    metrics, pairs = set_metrics(eval_set, features)
     metrics.update({"ckpt": str(embedder.checkpoint_path), "step": embedder.step, "flip": flip})
-    return metrics, roc
+    return metrics, pairs
 
 
-def score_embeddings(eval_set, embeddings_file: str | Path) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
-    """Score ``eval_set`` from an ``.npz`` of ``names`` and ``embeddings``; returns ``(metrics, (fpr, tpr))``."""
+def score_embeddings(eval_set, embeddings_file: str | Path) -> tuple[dict[str, Any], ScoredPairs]:
+    """Score ``eval_set`` from an ``.npz`` of ``names`` and ``embeddings``; returns ``(metrics, ScoredPairs)``."""
     from stn_face.evaluation.verification import set_metrics
 
     names, embeddings = load_embeddings(embeddings_file)
     features = attach_embeddings(eval_set, names, embeddings, str(embeddings_file))
-    metrics, roc = set_metrics(eval_set, features)
+    metrics, pairs = set_metrics(eval_set, features)
     metrics["embeddings"] = str(Path(embeddings_file).expanduser().resolve())
-    return metrics, roc
+    return metrics, pairs

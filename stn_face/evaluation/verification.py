@@ -27,12 +27,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 __all__ = [
     "DEFAULT_FARS",
+    "ScoredPairs",
     "accuracy_at_threshold",
     "auc",
     "best_threshold",
@@ -42,7 +43,9 @@ __all__ = [
     "far_measurable",
     "flip_sum_features",
     "kfold_accuracy",
+    "kfold_correct",
     "l2_normalize",
+    "load_pair_scores",
     "load_roc_npz",
     "pair_scores",
     "roc_curve",
@@ -203,12 +206,12 @@ def best_threshold(scores: Any, labels: Any) -> tuple[float, float]:
     return float(thresholds[chosen]), float(accuracies[chosen])
 
 
-def kfold_accuracy(scores: Any, labels: Any, folds: Any) -> dict[str, Any]:
-    """Leave-one-fold-out accuracy: threshold chosen on the other folds, applied to the held-out one.
+def kfold_correct(scores: Any, labels: Any, folds: Any) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Each pair's outcome under the leave-one-fold-out protocol (the threshold chosen on the other folds).
 
-    Returns a dict with ``folds`` (fold ids, sorted), ``fold_accuracies``, ``thresholds`` (one per
-    fold), ``mean``, ``std`` (population std over folds, ``ddof=0``) and ``sem`` (standard error of
-    the mean, ``std(ddof=1) / sqrt(k)``). Needs at least two folds.
+    Returns ``correct`` (P,) bool, the sorted fold ids (k,) and one threshold per fold. Paired
+    comparisons of two models on the same pairs start from these outcomes
+    (:mod:`stn_face.evaluation.comparison`). Needs at least two folds.
     """
     scores, labels = _as_arrays(scores, labels)
     folds = np.asarray(folds).ravel()
@@ -217,13 +220,26 @@ def kfold_accuracy(scores: Any, labels: Any, folds: Any) -> dict[str, Any]:
     fold_ids = np.unique(folds)
     if len(fold_ids) < 2:
         raise ValueError(f"k-fold accuracy needs at least 2 folds, got {len(fold_ids)}")
-    accuracies, thresholds = [], []
+    correct = np.zeros(scores.shape, dtype=bool)
+    thresholds = []
     for fold in fold_ids:
         test = folds == fold
         threshold, _ = best_threshold(scores[~test], labels[~test])
         thresholds.append(threshold)
-        accuracies.append(accuracy_at_threshold(scores[test], labels[test], threshold))
-    accuracies_arr = np.asarray(accuracies)
+        correct[test] = (scores[test] >= threshold) == labels[test]
+    return correct, fold_ids, thresholds
+
+
+def kfold_accuracy(scores: Any, labels: Any, folds: Any) -> dict[str, Any]:
+    """Leave-one-fold-out accuracy: threshold chosen on the other folds, applied to the held-out one.
+
+    Returns a dict with ``folds`` (fold ids, sorted), ``fold_accuracies``, ``thresholds`` (one per
+    fold), ``mean``, ``std`` (population std over folds, ``ddof=0``) and ``sem`` (standard error of
+    the mean, ``std(ddof=1) / sqrt(k)``). Needs at least two folds.
+    """
+    correct, fold_ids, thresholds = kfold_correct(scores, labels, folds)
+    folds = np.asarray(folds).ravel()
+    accuracies_arr = np.asarray([correct[folds == fold].mean() for fold in fold_ids])
     return {
         "folds": [int(f) for f in fold_ids],
         "fold_accuracies": [float(a) for a in accuracies_arr],
@@ -431,15 +447,37 @@ def evaluate_verification(
 # ROC files: the convention is ``roc_<benchmark>.npz`` (e.g. ``roc_lfw.npz``) beside ``metrics.json``
 
 
-def save_roc_npz(path: str | Path, fpr: Any, tpr: Any, thresholds: Any | None = None) -> Path:
-    """Write a ROC as ``.npz`` with arrays ``fpr``, ``tpr`` (and ``thresholds`` when given)."""
+class ScoredPairs(NamedTuple):
+    """Every scored pair of a set, in pair-file order: ``scores`` (P,) float cosine similarities,
+    ``labels`` (P,) bool (same person), ``folds`` (P,) int fold ids."""
+
+    scores: np.ndarray
+    labels: np.ndarray
+    folds: np.ndarray
+
+    def roc(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(fpr, tpr)`` of :func:`roc_curve`; two empty arrays when the pairs hold one class only."""
+        if self.labels.all() or not self.labels.any():
+            return np.zeros(0), np.zeros(0)
+        fpr, tpr, _ = roc_curve(self.scores, self.labels)
+        return fpr, tpr
+
+
+def save_roc_npz(path: str | Path, fpr: Any, tpr: Any, thresholds: Any | None = None,
+                 pairs: ScoredPairs | None = None) -> Path:
+    """Write a ROC as ``.npz`` with arrays ``fpr``, ``tpr`` (and ``thresholds`` when given); with ``pairs``
+    also ``scores``, ``labels`` and ``folds``, from which every metric (and a paired comparison with
+    another model on the same pairs) can be recomputed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"fpr": np.asarray(fpr, dtype=np.float64), "tpr": np.asarray(tpr, dtype=np.float64)}
     if thresholds is not None:
         arrays["thresholds"] = np.asarray(thresholds, dtype=np.float64)
+    if pairs is not None:
+        arrays.update(scores=np.asarray(pairs.scores, dtype=np.float64), labels=np.asarray(pairs.labels, dtype=bool),
+                      folds=np.asarray(pairs.folds, dtype=np.int16))
     with path.open("wb") as handle:
-        np.savez(handle, **arrays)
+        np.savez_compressed(handle, **arrays)
     return path
 
 
@@ -449,16 +487,26 @@ def load_roc_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(data["fpr"]), np.asarray(data["tpr"])
 
 
+def load_pair_scores(path: str | Path) -> ScoredPairs | None:
+    """The scored pairs stored in a ROC file by :func:`save_roc_npz`, or None for a file without them
+    (written before they were stored)."""
+    with np.load(path) as data:
+        if "scores" not in data.files:
+            return None
+        return ScoredPairs(np.asarray(data["scores"]), np.asarray(data["labels"]).astype(bool),
+                           np.asarray(data["folds"]).astype(np.int64))
+
+
 # --------------------------------------------------------------------------------------------------
 # Scoring an evaluation set (duck-typed: any object with groups, item_group, pair_indices())
 
 
-def set_metrics(eval_set: Any, features: np.ndarray) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+def set_metrics(eval_set: Any, features: np.ndarray) -> tuple[dict[str, Any], ScoredPairs]:
     """Score one :class:`~stn_face.data.eval_sets.VerificationSet` from per-item features ``(N, D)``.
 
     Items are averaged per group (a YTF video: re-normalised mean of its normalised frame features;
     an LFW image is a group of one), then pairs are scored by cosine similarity under the 10-fold
-    protocol. Returns the metrics dict and the ROC ``(fpr, tpr)``.
+    protocol. Returns the metrics dict and the :class:`ScoredPairs` (their ``roc()`` is the ROC).
     """
     features = l2_normalize(np.asarray(features, dtype=np.float64))
     groups = np.zeros((len(eval_set.groups), features.shape[1]))
@@ -481,7 +529,4 @@ def set_metrics(eval_set: Any, features: np.ndarray) -> tuple[dict[str, Any], tu
     metrics["pairs_with_training_identities"] = overlap
     metrics["excluded_pairs"] = int(getattr(eval_set, "excluded_pairs", 0))
     metrics["identity_overlap_allowed"] = bool(overlap and not metrics["excluded_pairs"])
-    if labels.all() or not labels.any():  # one class only (e.g. a partial YTF): no ROC exists
-        return metrics, (np.zeros(0), np.zeros(0))
-    fpr, tpr, _ = roc_curve(scores, labels)
-    return metrics, (fpr, tpr)
+    return metrics, ScoredPairs(scores, labels, np.asarray(folds).ravel())

@@ -1,0 +1,263 @@
+"""Rows of a study: runs that differ only in ``seed``, summarised across seeds and compared pairwise.
+
+- :func:`group_by_seed`: runs whose overrides are equal once ``seed=`` is left out form one
+  :class:`Row` (its label: the folder the seed runs share, e.g. ``clean/projective`` for
+  ``clean/projective/seed42``, else the overrides).
+- :func:`row_summaries`: mean ± sample std (``ddof=1``) across seeds of the LFW accuracy, AUC and
+  TAR@FAR, beside the per-seed values (:func:`stn_face.evaluation.comparison.seed_summary`).
+- :func:`paired_comparisons`: every row with a learned transform against the identity row of the same
+  condition (the same overrides but ``transform``), on their common seeds and the same pairs, from
+  the scored pairs stored in each run's ``roc_lfw.npz`` (:func:`.comparison.paired_difference`).
+- :func:`write_study`: ``seeds.md`` / ``seeds.csv``, ``paired.md`` / ``paired.csv`` and ``roc.png``
+  with one curve per row, drawn from the row's median seed by accuracy.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from stn_face.evaluation.comparison import paired_difference, seed_summary
+from stn_face.evaluation.report import Run, _benchmark, _percent
+
+__all__ = ["Row", "group_by_seed", "median_seed", "paired_comparisons", "row_summaries", "write_study"]
+
+_MISSING = "-"
+
+
+@dataclass
+class Row:
+    """One row of a study: its label, transform, the overrides it shares, and its runs by seed."""
+
+    label: str
+    transform: str | None
+    condition: tuple[str, ...]
+    runs: dict[int | None, Run] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[int | None]:
+        return sorted(self.runs, key=lambda s: (s is None, s or 0))
+
+
+def _without(overrides: Sequence[str], *keys: str) -> tuple[str, ...]:
+    return tuple(sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in keys))
+
+
+def _common_folder(runs: Sequence[Run], root: Path) -> str:
+    parts = [PurePosixPath(run.directory.relative_to(root).as_posix()).parts for run in runs]
+    common = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    if len(runs) == 1 and common and runs[0].seed is not None and common[-1] == f"seed{runs[0].seed}":
+        common.pop()
+    return "/".join(common)
+
+
+def group_by_seed(runs: Sequence[Run], root: str | Path) -> list[Row]:
+    """Group runs that differ only in ``seed`` (two runs of one seed and condition stay separate rows)."""
+    root = Path(root).resolve()
+    groups: dict[tuple[str, ...], list[list[Run]]] = {}
+    for run in runs:
+        rows = groups.setdefault(_without(run.overrides, "seed"), [])
+        row = next((r for r in rows if all(other.seed != run.seed for other in r)), None)
+        if row is None:
+            rows.append([run])
+        else:
+            row.append(run)
+    result = []
+    for key, rows in groups.items():
+        for members in rows:
+            label = _common_folder(members, root) or " ".join(key) or str(members[0].directory.relative_to(root))
+            result.append(Row(label=label, transform=members[0].transform, condition=_without(key, "transform"),
+                              runs={run.seed: run for run in members}))
+    return sorted(result, key=lambda row: row.label)
+
+
+def _values(row: Row, key: str, far: str) -> dict[int, float | None]:
+    values = {}
+    for seed, run in row.runs.items():
+        lfw = _benchmark(run, "lfw") or {}
+        value = (lfw.get("tar_at_far") or {}).get(far) if key == "tar" else lfw.get(key)
+        values[-1 if seed is None else seed] = _percent(value) if key != "auc" else value
+    return values
+
+
+def row_summaries(rows: Sequence[Row], far: str = "1e-3") -> list[dict[str, Any]]:
+    """One dict per row: ``row``, ``transform``, ``seeds`` and, for ``acc`` (LFW accuracy, %), ``auc``
+    and ``tar`` (TAR@FAR=far, %), a :func:`seed_summary` each."""
+    return [{"row": row.label, "transform": row.transform, "seeds": row.seeds,
+             "acc": seed_summary(_values(row, "accuracy_mean", far)),
+             "auc": seed_summary(_values(row, "auc", far)),
+             "tar": seed_summary(_values(row, "tar", far))} for row in rows]
+
+
+def median_seed(row: Row) -> int | None:
+    """The seed whose LFW accuracy is the median of the row's (the lower middle for an even count)."""
+    ranked = sorted(row.runs, key=lambda s: ((_benchmark(row.runs[s], "lfw") or {}).get("accuracy_mean") or 0.0,
+                                             s is None, s or 0))
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def _outcomes(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(correct, labels, folds) of the run's LFW pairs, or None when its ROC file holds no pairs."""
+    from stn_face.evaluation.verification import kfold_correct, load_pair_scores
+
+    path = run.roc_path("lfw")
+    pairs = None if path is None else load_pair_scores(path)
+    if pairs is None:
+        return None
+    correct, _, _ = kfold_correct(pairs.scores, pairs.labels, pairs.folds)
+    return correct, pairs.labels, pairs.folds
+
+
+def paired_comparisons(rows: Sequence[Row], n_boot: int = 10_000, level: float = 0.95) -> list[dict[str, Any]]:
+    """Each learned row against the identity row of its condition, on their common seeds.
+
+    Rows whose runs hold no scored pairs (older ROC files) are skipped with ``note`` saying so; pairs that
+    differ between the two rows (another pair file or order) raise ``ValueError``.
+    """
+    comparisons = []
+    for row in rows:
+        if (row.transform or "").lower() in ("", "identity"):
+            continue
+        reference = next((r for r in rows if r.condition == row.condition and (r.transform or "").lower() == "identity"),
+                         None)
+        if reference is None:
+            continue
+        seeds = [s for s in row.seeds if s in reference.runs]
+        entry: dict[str, Any] = {"row": row.label, "reference": reference.label, "seeds": seeds}
+        outcomes = [(_outcomes(row.runs[s]), _outcomes(reference.runs[s])) for s in seeds]
+        if not seeds or any(a is None or b is None for a, b in outcomes):
+            comparisons.append({**entry, "note": "no scored pairs stored (roc_lfw.npz written before they were kept)"})
+            continue
+        _, base_labels, base_folds = outcomes[0][1]
+        for seed, pair in zip(seeds, outcomes, strict=True):
+            if not all(np.array_equal(o[1], base_labels) and np.array_equal(o[2], base_folds) for o in pair):
+                raise ValueError(f"{row.label} and {reference.label} (seed {seed}) were not scored on the same pairs: "
+                                 "compare runs evaluated on the same pair file")
+        result = paired_difference([a[0] for a, _ in outcomes], [b[0] for _, b in outcomes], n_boot=n_boot, level=level)
+        comparisons.append({**entry, **result})
+    return comparisons
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
+
+
+def _mean_std(summary: Mapping[str, Any], digits: int) -> str:
+    if summary["mean"] is None:
+        return _MISSING
+    return f"{summary['mean']:.{digits}f}" + ("" if summary["std"] is None else f" ± {summary['std']:.{digits}f}")
+
+
+def _per_seed(summary: Mapping[str, Any], digits: int) -> str:
+    return " / ".join(f"{v:.{digits}f}" for v in summary["values"].values()) or _MISSING
+
+
+def _seeds_text(seeds: Sequence[int | None]) -> str:
+    return ", ".join("?" if s is None else str(s) for s in seeds)
+
+
+def _seeds_markdown(summaries: Sequence[Mapping[str, Any]], far: str) -> str:
+    header = ["Row", "Transform", "Seeds", "LFW acc (%)", "per seed", "LFW AUC", "per seed",
+              f"TAR@FAR={far} (%)", "per seed"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for s in summaries:
+        lines.append("| " + " | ".join([
+            f"`{s['row']}`", s["transform"] or _MISSING, _seeds_text(s["seeds"]),
+            _mean_std(s["acc"], 2), _per_seed(s["acc"], 2), _mean_std(s["auc"], 4), _per_seed(s["auc"], 4),
+            _mean_std(s["tar"], 2), _per_seed(s["tar"], 2)]) + " |")
+    note = ("\nMean ± sample standard deviation (ddof=1) across seeds; per-seed values in seed order. Each run's "
+            "accuracy is the 10-fold LFW View 2 accuracy (threshold chosen on the other 9 folds); AUC and "
+            f"TAR@FAR={far} on all 6,000 pairs pooled.\n")
+    return "\n".join(lines) + "\n" + note
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.2f}"
+
+
+def _paired_markdown(comparisons: Sequence[Mapping[str, Any]]) -> str:
+    header = ["Row", "vs", "Seeds", "Δ acc (points)", "per seed", "95 % CI, pairs", "95 % CI, seeds+pairs",
+              "distinguishable from 0"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for c in comparisons:
+        if "difference" not in c:
+            lines.append(f"| `{c['row']}` | `{c['reference']}` | {_seeds_text(c['seeds'])} | {c['note']} |||||")
+            continue
+        lines.append("| " + " | ".join([
+            f"`{c['row']}`", f"`{c['reference']}`", _seeds_text(c["seeds"]), _points(c["difference"]),
+            " / ".join(_points(d) for d in c["per_seed"]),
+            f"[{_points(c['ci_pairs'][0])}, {_points(c['ci_pairs'][1])}]",
+            f"[{_points(c['ci_seeds_pairs'][0])}, {_points(c['ci_seeds_pairs'][1])}]",
+            "yes" if c["distinguishable"] else "no"]) + " |")
+    n_boot = next((c["n_boot"] for c in comparisons if "n_boot" in c), 0)
+    note = (f"\nPaired accuracy difference (row minus its identity row) on the same seeds and the same pairs, each "
+            "pair's outcome under the 10-fold protocol; the mean over seeds. Intervals: percentile bootstrap "
+            f"({n_boot:,} resamples) over pairs with the trained models fixed (\"pairs\"), and over seeds and pairs "
+            "(\"seeds+pairs\", which adds training noise). Distinguishable: the seeds+pairs interval excludes 0 "
+            "(stn_face/evaluation/comparison.py).\n")
+    return "\n".join(lines) + "\n" + note
+
+
+def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    fieldnames = list(dict.fromkeys(key for row in rows for key in row)) or ["row"]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fieldnames)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return path
+
+
+def _flat_summary(s: Mapping[str, Any]) -> dict[str, Any]:
+    flat = {"row": s["row"], "transform": s["transform"], "seeds": " ".join(map(str, s["seeds"]))}
+    for key in ("acc", "auc", "tar"):
+        flat.update({f"{key}_mean": s[key]["mean"], f"{key}_std": s[key]["std"],
+                     f"{key}_per_seed": " ".join(f"{v:.6g}" for v in s[key]["values"].values())})
+    return flat
+
+
+def _flat_comparison(c: Mapping[str, Any]) -> dict[str, Any]:
+    flat = {"row": c["row"], "reference": c["reference"], "seeds": " ".join(map(str, c["seeds"]))}
+    if "difference" in c:
+        flat.update(difference=c["difference"], per_seed=" ".join(f"{d:.6g}" for d in c["per_seed"]),
+                    ci_pairs_low=c["ci_pairs"][0], ci_pairs_high=c["ci_pairs"][1],
+                    ci_seeds_pairs_low=c["ci_seeds_pairs"][0], ci_seeds_pairs_high=c["ci_seeds_pairs"][1],
+                    distinguishable=c["distinguishable"], n_pairs=c["n_pairs"], n_boot=c["n_boot"])
+    else:
+        flat["note"] = c["note"]
+    return flat
+
+
+def write_study(rows: Sequence[Row], out_dir: str | Path, far: str = "1e-3",
+                published: Mapping[str, Any] | None = None, n_boot: int = 10_000) -> list[Path]:
+    """``seeds.md``/``.csv``, ``paired.md``/``.csv`` and ``roc.png`` (one curve per row: its median seed)."""
+    from stn_face.evaluation.plots import plot_roc
+    from stn_face.evaluation.verification import load_roc_npz
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = row_summaries(rows, far)
+    comparisons = paired_comparisons(rows, n_boot=n_boot)
+    (out / "seeds.md").write_text(_seeds_markdown(summaries, far))
+    (out / "paired.md").write_text(_paired_markdown(comparisons))
+    written = [out / "seeds.md", _write_csv(out / "seeds.csv", [_flat_summary(s) for s in summaries]),
+               out / "paired.md", _write_csv(out / "paired.csv", [_flat_comparison(c) for c in comparisons])]
+    curves = {}
+    for row in rows:
+        seed = median_seed(row)
+        path = row.runs[seed].roc_path("lfw")
+        if path is not None:
+            curves[f"{row.label} (seed {seed}, median of {len(row.runs)})"] = load_roc_npz(path)
+    if curves:
+        written.append(plot_roc(curves, out / "roc.png", published=published,
+                                title="LFW View 2 ROC, one curve per row (its median seed by accuracy)"))
+    return written

@@ -1,0 +1,127 @@
+"""Seed grouping and paired comparisons of stn-face-report over run folders holding really scored pairs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from stn_face.cli.report import main
+from stn_face.evaluation.artifacts import metrics_record, write_metrics
+from stn_face.evaluation.report import find_runs
+from stn_face.evaluation.study import group_by_seed, median_seed, paired_comparisons, row_summaries
+from stn_face.evaluation.verification import (
+    ScoredPairs,
+    evaluate_verification,
+    load_pair_scores,
+    save_roc_npz,
+)
+
+LABELS = np.tile(np.repeat([True, False], 300), 10)  # 6,000 pairs in 10 folds of 300 + 300, like View 2
+FOLDS = np.repeat(np.arange(10), 600)
+SEPARATION = {("clean", "identity"): 1.0, ("clean", "projective"): 1.4, ("misaligned", "identity"): 0.6,
+              ("misaligned", "projective"): 0.6}
+
+
+def write_run(root: Path, study: str, transform: str, seed: int) -> dict:
+    job = root / study / transform / f"seed{seed}"
+    (job / ".hydra").mkdir(parents=True)
+    experiment = "cpu_celeba" if study == "clean" else "cpu_celeba_misaligned"
+    overrides = [f"experiment={experiment}", f"transform={transform}", f"seed={seed}", "paths.log_dir=logs/x"]
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
+    rng = np.random.default_rng(seed * 10 + len(transform) + len(study))
+    scores = np.round(rng.normal(LABELS * SEPARATION[study, transform], 1.0), 6)
+    metrics = evaluate_verification(scores, LABELS, FOLDS)
+    write_metrics(job, metrics_record({"lfw": metrics}, "lfw", kind="train"))
+    pairs = ScoredPairs(scores, LABELS, FOLDS)
+    save_roc_npz(job / "roc_lfw.npz", *pairs.roc(), pairs=pairs)
+    return metrics
+
+
+@pytest.fixture()
+def study(tmp_path: Path):
+    root = tmp_path / "cpu_celeba"
+    metrics = {(s, t, seed): write_run(root, s, t, seed)
+               for (s, t) in SEPARATION for seed in (42, 43, 44)}
+    # the same row once more, but another setting (a longer budget): must not join the seed group
+    job = root / "long" / "seed42"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
+        ["experiment=cpu_celeba", "transform=identity", "seed=42", "paths.log_dir=logs/x", "trainer.max_steps=900"]))
+    scores = np.round(np.random.default_rng(0).normal(LABELS * 1.2, 1.0), 6)
+    write_metrics(job, metrics_record({"lfw": evaluate_verification(scores, LABELS, FOLDS)}, "lfw", kind="train"))
+    return root, metrics
+
+
+def test_runs_differing_only_in_seed_form_one_row(study) -> None:
+    root, metrics = study
+    rows = group_by_seed(find_runs(root), root)
+    assert [r.label for r in rows] == ["clean/identity", "clean/projective", "long",
+                                       "misaligned/identity", "misaligned/projective"]
+    assert rows[0].seeds == [42, 43, 44] and rows[2].seeds == [42]
+    summaries = {s["row"]: s for s in row_summaries(rows)}
+    accs = [100 * metrics["clean", "projective", seed]["accuracy_mean"] for seed in (42, 43, 44)]
+    acc = summaries["clean/projective"]["acc"]
+    assert acc["mean"] == pytest.approx(np.mean(accs)) and acc["std"] == pytest.approx(np.std(accs, ddof=1))
+    assert list(acc["values"].values()) == pytest.approx(accs)
+    aucs = [metrics["clean", "projective", seed]["auc"] for seed in (42, 43, 44)]
+    assert summaries["clean/projective"]["auc"]["mean"] == pytest.approx(np.mean(aucs))
+    tars = [100 * metrics["clean", "projective", seed]["tar_at_far"]["1e-3"] for seed in (42, 43, 44)]
+    assert summaries["clean/projective"]["tar"]["std"] == pytest.approx(np.std(tars, ddof=1))
+    assert summaries["long"]["acc"]["std"] is None
+    middle = sorted((metrics["clean", "identity", s]["accuracy_mean"], s) for s in (42, 43, 44))[1][1]
+    assert median_seed(rows[0]) == middle
+
+
+def test_each_learned_row_is_compared_with_its_own_identity_row(study) -> None:
+    root, metrics = study
+    comparisons = {c["row"]: c for c in paired_comparisons(group_by_seed(find_runs(root), root), n_boot=2000)}
+    assert set(comparisons) == {"clean/projective", "misaligned/projective"}
+    clean = comparisons["clean/projective"]
+    assert clean["reference"] == "clean/identity" and clean["seeds"] == [42, 43, 44]
+    # equal-sized folds: the paired difference is the difference of the fold-mean accuracies
+    expected = [metrics["clean", "projective", s]["accuracy_mean"] - metrics["clean", "identity", s]["accuracy_mean"]
+                for s in (42, 43, 44)]
+    assert clean["per_seed"] == pytest.approx(expected, abs=1e-12)
+    assert clean["difference"] == pytest.approx(np.mean(expected), abs=1e-12)
+    assert clean["difference"] > 0.05 and clean["distinguishable"]  # separation 1.4 vs 1.0: about +8 points
+    same = comparisons["misaligned/projective"]  # the same separation: no real difference
+    assert same["ci_seeds_pairs"][0] < 0 < same["ci_seeds_pairs"][1] and not same["distinguishable"]
+
+
+def test_report_cli_writes_the_seed_tables_and_one_curve_per_row(study, tmp_path: Path, capsys) -> None:
+    root, metrics = study
+    out = tmp_path / "report"
+    assert main([str(root), "--out", str(out), "--bootstrap", "1000"]) == 0
+    printed = capsys.readouterr().out
+    assert "`clean/projective`" in printed and "95 % CI, seeds+pairs" in printed
+    for name in ("table.md", "table.csv", "seeds.md", "seeds.csv", "paired.md", "paired.csv", "roc.png"):
+        assert (out / name).is_file(), name
+    with (out / "seeds.csv").open() as handle:
+        seeds = {row["row"]: row for row in csv.DictReader(handle)}
+    assert seeds["misaligned/identity"]["seeds"] == "42 43 44"
+    assert float(seeds["clean/identity"]["acc_mean"]) == pytest.approx(
+        np.mean([100 * metrics["clean", "identity", s]["accuracy_mean"] for s in (42, 43, 44)]))
+    with (out / "paired.csv").open() as handle:
+        paired = {row["row"]: row for row in csv.DictReader(handle)}
+    assert paired["clean/projective"]["distinguishable"] == "True"
+    assert "Distinguishable: the seeds+pairs interval excludes 0" in (out / "paired.md").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(root), "--out", str(out), "--bootstrap", "10"])
+    assert exit_info.value.code == 2
+    assert "too few resamples" in capsys.readouterr().err
+
+
+def test_stored_pairs_round_trip(tmp_path: Path) -> None:
+    scores = np.random.default_rng(1).normal(size=6000)
+    pairs = ScoredPairs(scores, LABELS, FOLDS)
+    save_roc_npz(tmp_path / "roc_lfw.npz", *pairs.roc(), pairs=pairs)
+    loaded = load_pair_scores(tmp_path / "roc_lfw.npz")
+    assert np.array_equal(loaded.scores, scores) and np.array_equal(loaded.labels, LABELS)
+    assert np.array_equal(loaded.folds, FOLDS)
+    save_roc_npz(tmp_path / "old.npz", *pairs.roc())
+    assert load_pair_scores(tmp_path / "old.npz") is None
