@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# Copy the small artifacts of every finished row (metrics, ROC, config, last alignment grid, training
-# curve) from logs/cpu_celeba/<study>/<row> into experiments/cpu_celeba/runs/<study>/<row>; the
-# checkpoints stay in logs/. Then rebuild table.md / table.csv / roc.png with stn-face-report.
+# Copy the small artifacts of every finished run (metrics, ROC with its scored pairs, config, training
+# curve; the alignment grid and the jitter analysis of seed 42) from logs/cpu_celeba/<study>/<row>/seed<k>
+# into experiments/cpu_celeba/runs/<study>/<row>/seed<k>; the checkpoints stay in logs/. Then rebuild
+# table.md/.csv (every run), seeds.md/.csv (mean ± std across seeds), paired.md/.csv (each learned row
+# against its identity row) and roc.png (one curve per row) with stn-face-report.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
-for run in logs/cpu_celeba/*/*/; do
+for run in logs/cpu_celeba/*/*/seed*/; do
   run=${run%/}; [ -f "$run/metrics.json" ] || continue
   out=experiments/cpu_celeba/runs/${run#logs/cpu_celeba/}
-  mkdir -p "$out/.hydra" "$out/alignment"
-  cp -f "$run"/metrics.json "$run"/roc_lfw.npz "$run"/roc_lfw.png "$out/"
+  mkdir -p "$out/.hydra"
+  cp -f "$run"/metrics.json "$run"/roc_lfw.npz "$out/"
   cp -f "$run"/.hydra/config.yaml "$run"/.hydra/overrides.yaml "$out/.hydra/"
   cp -f "$run"/csv/version_0/metrics.csv "$out/train_metrics.csv"
-  cp -f "$run"/undo_jitter.json "$run"/undo_jitter.png "$out/" 2>/dev/null || true
-  last=$(ls "$run"/alignment/step*.png 2>/dev/null | tail -1) && cp -f "$last" "$out/alignment/"
+  if [ "${run##*/}" = seed42 ]; then
+    cp -f "$run"/undo_jitter.json "$run"/undo_jitter.png "$out/" 2>/dev/null || true
+    last=$(ls "$run"/alignment/step*.png 2>/dev/null | tail -1) && mkdir -p "$out/alignment" && cp -f "$last" "$out/alignment/"
+  fi
 done
+cp -f logs/cpu_celeba/times.tsv experiments/cpu_celeba/times.tsv
 # 256-colour copies of the grids keep the repository small
 "$PY" - <<'PY'
 from pathlib import Path
@@ -22,4 +27,5 @@ from PIL import Image
 for p in Path("experiments/cpu_celeba/runs").rglob("alignment/*.png"):
     Image.open(p).convert("RGB").quantize(256).save(p, optimize=True)
 PY
-"$PY" -m stn_face.evaluation.report logs/cpu_celeba --out experiments/cpu_celeba
+"$PY" -m stn_face.cli.report experiments/cpu_celeba/runs --out experiments/cpu_celeba \
+    --published "${STN_FACE_DATA:-../shared/data}/lfw/published-roc"

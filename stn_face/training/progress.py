@@ -51,11 +51,16 @@ def resume_command(output_dir: str | Path) -> str:
     return shlex.join(["stn-face-train", *keep, "ckpt_path=last", f"hydra.run.dir={output_dir}"])
 
 
-def announce_run(output_dir: str | Path, max_steps: int, fitting: bool) -> None:
-    """Say at the start where the run writes and what will be there."""
+def _checkpoint_times(every: int | None) -> str:
+    return f"every {every} steps and at the end" if every else "at the end"
+
+
+def announce_run(output_dir: str | Path, max_steps: int, fitting: bool, checkpoint_every: int | None = None) -> None:
+    """Say at the start where the run writes and what will be there (``checkpoint_every``: the periodic
+    checkpoint's ``every_n_train_steps``; None: only at the end)."""
     if fitting:
         log.info("run folder: %s (%d optimiser steps)\n  metrics.json, roc_<set>.png  validation results\n"
-                 "  checkpoints/last.ckpt       every 200 steps and at the end (resume: ckpt_path=last)\n"
+                 f"  checkpoints/last.ckpt       {_checkpoint_times(checkpoint_every)} (resume: ckpt_path=last)\n"
                  "  alignment/step*.png         what the spatial transformer does to fixed faces\n"
                  "  csv/, wandb/                logged metrics (csv/version_0/metrics.csv from the first steps)",
                  output_dir, max_steps)
@@ -63,10 +68,10 @@ def announce_run(output_dir: str | Path, max_steps: int, fitting: bool) -> None:
         log.info("evaluating into %s: metrics.json, roc_<set>.png", output_dir)
 
 
-def report_interrupt(output_dir: str | Path, step: int) -> None:
+def report_interrupt(output_dir: str | Path, step: int, checkpoint_every: int | None = None) -> None:
     """After Ctrl-C: what was kept and the command that goes on."""
     last = Path(output_dir) / "checkpoints" / "last.ckpt"
     kept = (f"{last} holds the latest periodic checkpoint" if last.is_file()
-            else "no checkpoint was written yet (one is written every 200 steps)")
+            else f"no checkpoint was written yet (one is written {_checkpoint_times(checkpoint_every)})")
     print(f"\ninterrupted at step {step}: {kept}. Resume with:\n  {resume_command(output_dir)}", file=sys.stderr,
           flush=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("stn_face.train")
 
@@ -86,14 +86,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log_hyperparameters(trainer, cfg)
     if ckpt_path:
         check_compatible(model, ckpt_path)
+    checkpoint_every = OmegaConf.select(cfg, "callbacks.periodic_checkpoint.every_n_train_steps", default=None)
     if trainer.is_global_zero:
-        announce_run(cfg.paths.output_dir, trainer.max_steps, fitting)
+        announce_run(cfg.paths.output_dir, trainer.max_steps, fitting, checkpoint_every)
     if fitting:
         if ckpt_path:
             log.info("resuming from %s", ckpt_path)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted and trainer.is_global_zero:
-            report_interrupt(cfg.paths.output_dir, trainer.global_step)
+            report_interrupt(cfg.paths.output_dir, trainer.global_step, checkpoint_every)
     else:
         trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path)
     if cfg.get("test", False):

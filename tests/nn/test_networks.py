@@ -180,12 +180,27 @@ def test_arcface_target_logit():
         10 * math.cos(theta), abs=1e-5)
 
 
+def _sphereface_psi(x: float) -> float:
+    """SphereFace's ψ at ``x = m θ``: (-1)^k cos x - 2k, k = ⌊x / π⌋ (past π it keeps decreasing)."""
+    k = math.floor(x / math.pi)
+    return (-1) ** k * math.cos(x) - 2 * k
+
+
+def _arcface_target(c: float, t: float) -> float:
+    """cos(θ + 0.5), and insightface's easy_margin=False branch cos θ - 0.5 sin 0.5 past θ + 0.5 = π."""
+    return math.cos(t + 0.5) if t + 0.5 <= math.pi else c - 0.5 * math.sin(0.5)
+
+
 @pytest.mark.parametrize("config,expected", [
-    ("cosface", lambda c, t: c - 0.35), ("sphereface", lambda c, t: math.cos(1.35 * t)), ("arcface", lambda c, t: math.cos(t + 0.5)),
+    ("cosface", lambda c, t: c - 0.35), ("sphereface", lambda c, t: _sphereface_psi(1.35 * t)),
+    ("arcface", _arcface_target),
 ])
-def test_head_configs(config, expected):
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_head_configs(config, expected, seed):
+    # random embeddings reach angles past π / m (sphereface) now and then: each branch is checked
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"head={config}"])
+    torch.manual_seed(seed)
     head = instantiate(cfg.head)(embedding_size=8, num_classes=5)
     embeddings, labels = torch.randn(6, 8), torch.tensor([0, 1, 2, 3, 4, 0])
     logits = head(embeddings, labels)

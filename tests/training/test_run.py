@@ -78,6 +78,8 @@ def test_smoke_experiment_cli(lfw_dir, tmp_path):
     # progress counts the run's steps (of max_steps), and the run folder is announced at the start
     output = result.stdout + result.stderr
     assert "train steps" in output and "6/6" in output and f"run folder: {run}" in output
+    # the checkpoint interval said is the configured one (callbacks.periodic_checkpoint, 200 steps)
+    assert "checkpoints/last.ckpt       every 200 steps and at the end" in output
     assert (run / ".hydra" / "config.yaml").exists() and (run / "roc_lfw_view1.png").stat().st_size > 5000
     assert (run / "checkpoints" / "last.ckpt").exists()
     # one last.ckpt (no last-v1.ckpt from a second save_last callback) and the best checkpoint
