@@ -389,6 +389,19 @@ def corners(matrix: torch.Tensor) -> torch.Tensor:
     return transform_points(matrix, square_outline(1, matrix.dtype, matrix.device))
 
 
+def affine_fit(points: torch.Tensor, mapped: torch.Tensor) -> torch.Tensor:
+    """The least-squares affine matrices ``(B, 3, 3)`` taking ``points`` ``(N, 2)`` to ``mapped`` ``(B, N, 2)``.
+
+    For a transform without a matrix (``tps``), ``affine_fit(grid, family.map_points(params, grid))`` is
+    its best affine summary, so :func:`decompose` can read a rotation and scale off it. Exact for an
+    affine map; needs ``N >= 3`` points not on one line.
+    """
+    design = torch.cat([points, torch.ones_like(points[:, :1])], dim=1).to(mapped.dtype)  # (N, 3)
+    solution = torch.linalg.lstsq(design.expand(mapped.shape[0], -1, -1), mapped).solution  # (B, 3, 2)
+    bottom = torch.tensor([0.0, 0.0, 1.0], dtype=mapped.dtype, device=mapped.device).expand(mapped.shape[0], 1, 3)
+    return torch.cat([solution.transpose(1, 2), bottom], dim=1)
+
+
 # ------------------------------------------------------------------------------ antialiased resize
 @functools.lru_cache(maxsize=32)
 def _resize_weights(in_size: int, out_size: int) -> torch.Tensor:

@@ -392,3 +392,22 @@ def test_projective_denominator_guard(theta31, theta32):
     out = warp(torch.rand(1, 1, 9, 9), get_transform("projective").matrix(params), (9, 9))
     out.sum().backward()
     assert torch.isfinite(out).all() and torch.isfinite(params.grad).all()
+
+
+def test_affine_fit_is_exact_for_an_affine_map_and_summarises_a_tps() -> None:
+    from stn_face.geometry import affine_fit, decompose, get_transform, normalized_grid
+
+    grid = normalized_grid(7, 7, dtype=torch.float64)[..., :2].reshape(-1, 2)
+    angle, scale = math.radians(20.0), 0.8
+    matrix = torch.tensor([[[scale * math.cos(angle), -scale * math.sin(angle), 0.1],
+                            [scale * math.sin(angle), scale * math.cos(angle), -0.05], [0.0, 0.0, 1.0]]],
+                          dtype=torch.float64)
+    mapped = grid @ matrix[0, :2, :2].T + matrix[0, :2, 2]
+    torch.testing.assert_close(affine_fit(grid, mapped[None]), matrix)
+    # a thin-plate spline whose control points are all moved by that rotation: the fit recovers it
+    tps = get_transform("tps", grid_size=4)
+    control = tps.identity_params().double().reshape(1, -1, 2)
+    params = (control @ matrix[0, :2, :2].T + matrix[0, :2, 2]).reshape(1, -1)
+    stats = decompose(affine_fit(grid, tps.map_points(params, grid)))
+    assert math.degrees(stats["rotation"].item()) == pytest.approx(20.0, abs=1e-6)
+    assert stats["scale"].item() == pytest.approx(0.8, abs=1e-6)

@@ -4,7 +4,8 @@ known jitter of every misaligned LFW test crop.
 The misalignment study warps LFW crop ``i`` by a jitter drawn from a generator seeded by
 ``(seed, i)`` (``stn_face/data/jitter.py``), so each image's true rotation and scale are known. A
 transformer that re-aligns faces predicts, for each image, a sampling rotation that follows the
-jitter's rotation (slope 1 undoes it fully, 0 ignores it); a fixed crop has slope 0.
+jitter's rotation (slope 1 undoes it fully, 0 ignores it); a fixed crop has slope 0. A thin-plate
+spline has no matrix: its rotation and scale are read off the best affine fit of its sampling grid.
 
     python experiments/cpu_celeba/undo_jitter.py logs/cpu_celeba/misaligned/projective [--images 2000]
 
@@ -28,13 +29,23 @@ from stn_face.data.images import read_rgb
 from stn_face.data.jitter import item_jitter, jitter_image, rotation_of
 from stn_face.data.transforms import eval_transform
 from stn_face.embedder import FaceEmbedder
-from stn_face.geometry import decompose
+from stn_face.geometry import affine_fit, decompose, normalized_grid
 
 
 def known_jitter(index: int, size: int, jitter: dict) -> tuple[float, float]:
     """Rotation (degrees, ``rotation_of``'s sign) and isotropic scale of item ``index``'s jitter."""
     matrix = item_jitter(index, size, size, **jitter)
     return rotation_of(matrix), math.sqrt(abs(np.linalg.det(matrix[:2, :2])))
+
+
+def predicted_matrix(transformer, images: torch.Tensor) -> torch.Tensor:
+    """The transformer's output-to-input matrices ``(B, 3, 3)``; for ``tps`` (no matrix) the least-squares
+    affine summary of where a 9 x 9 grid of output points is sampled from."""
+    if transformer.has_matrix:
+        return transformer.predict_matrix(images).double()
+    grid = normalized_grid(9, 9, dtype=torch.float64)[:, :2]
+    params = transformer.predict_params(images).double()
+    return affine_fit(grid, transformer.map_points(params, grid))
 
 
 def fit(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -69,7 +80,7 @@ def main() -> None:
             true_rot.append(rot)
             true_scale.append(scale)
         with torch.no_grad():
-            pred.append(decompose(embedder.transformer.predict_matrix(torch.stack(batch)).double()))
+            pred.append(decompose(predicted_matrix(embedder.transformer, torch.stack(batch))))
     pred_rot = np.degrees(torch.cat([p["rotation"] for p in pred]).numpy())
     pred_scale = torch.cat([p["scale"] for p in pred]).numpy()
     true_rot, true_scale = np.asarray(true_rot), np.asarray(true_scale)
