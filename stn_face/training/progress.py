@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +56,24 @@ def _checkpoint_times(every: int | None) -> str:
     return f"every {every} steps and at the end" if every else "at the end"
 
 
-def announce_run(output_dir: str | Path, max_steps: int, fitting: bool, checkpoint_every: int | None = None) -> None:
+_LOGGER_FILES = {
+    "csv": "  csv/version_0/metrics.csv   every logged value, from the first logging step",
+    "wandb": "  wandb/                      the W&B run (offline without an API key: wandb sync wandb/)",
+    "tensorboard": "  tensorboard/                TensorBoard event files",
+}
+
+
+def announce_run(output_dir: str | Path, max_steps: int, fitting: bool, checkpoint_every: int | None = None,
+                 loggers: Sequence[str] = ()) -> None:
     """Say at the start where the run writes and what will be there (``checkpoint_every``: the periodic
-    checkpoint's ``every_n_train_steps``; None: only at the end)."""
+    checkpoint's ``every_n_train_steps``, None: only at the end; ``loggers``: the logger group's keys)."""
     if fitting:
-        log.info("run folder: %s (%d optimiser steps)\n  metrics.json, roc_<set>.png  validation results\n"
-                 f"  checkpoints/last.ckpt       {_checkpoint_times(checkpoint_every)} (resume: ckpt_path=last)\n"
-                 "  alignment/step*.png         what the spatial transformer does to fixed faces\n"
-                 "  csv/, wandb/                logged metrics (csv/version_0/metrics.csv from the first steps)",
-                 output_dir, max_steps)
+        lines = [f"run folder: {output_dir} ({max_steps} optimiser steps)",
+                 "  metrics.json, roc_<set>.png  validation results",
+                 f"  checkpoints/last.ckpt       {_checkpoint_times(checkpoint_every)} (resume: ckpt_path=last)",
+                 "  alignment/step*.png         what the spatial transformer does to fixed faces",
+                 *(_LOGGER_FILES[name] for name in loggers if name in _LOGGER_FILES)]
+        log.info("\n".join(lines))
     else:
         log.info("evaluating into %s: metrics.json, roc_<set>.png", output_dir)
 

@@ -88,7 +88,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_compatible(model, ckpt_path)
     checkpoint_every = OmegaConf.select(cfg, "callbacks.periodic_checkpoint.every_n_train_steps", default=None)
     if trainer.is_global_zero:
-        announce_run(cfg.paths.output_dir, trainer.max_steps, fitting, checkpoint_every)
+        announce_run(cfg.paths.output_dir, trainer.max_steps, fitting, checkpoint_every,
+                     loggers=[name for name, c in (cfg.get("logger") or {}).items() if c])
     if fitting:
         if ckpt_path:
             log.info("resuming from %s", ckpt_path)
