@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from stn_face.errors import CheckpointError
+from stn_face.files import atomic_write
 from stn_face.paths import resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -34,18 +34,8 @@ MODEL_CONFIG_KEYS = ("transform", "localization", "backbone", "head")
 # ---------------------------------------------------------------------------------------- writing
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to ``path`` atomically: a killed process leaves the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as stream:
+        torch.save(obj, stream)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

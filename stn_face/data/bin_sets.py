@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import pickle
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import numpy as np
 from stn_face.data.eval_sets import VerificationSet, _first_per_fold
 from stn_face.data.protocols import Pair
 from stn_face.errors import InputError, MissingInputError
+from stn_face.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +91,8 @@ def write_bin(path: str | Path, images: Sequence[bytes], issame: Sequence[bool])
     path = Path(path).expanduser()
     if len(images) != 2 * len(issame):
         raise ValueError(f"{len(images)} images for {len(issame)} pairs")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as handle:
+    with atomic_write(path, "wb") as handle:
         pickle.dump(([bytes(b) for b in images], [bool(s) for s in issame]), handle, protocol=4)
-    os.replace(partial, path)
     return path
 
 
@@ -197,9 +194,8 @@ class BinVerificationSet(VerificationSet):
             except ImageReadError as error:
                 raise BinFormatError(f"{self.pairs_file}: image {int(name)} (pair {int(name) // 2}) does not decode "
                                      f"({error.reason}); the file is damaged: {MAKE_ONE}") from None
-            partial = target.with_name(target.name + ".partial")
-            partial.write_bytes(data)
-            os.replace(partial, target)
+            with atomic_write(target, "wb", fsync=False) as handle:
+                handle.write(data)
             written += 1
         if written:
             log.info("%s: %d images of %s written to %s", self.name, written, self.pairs_file, folder)

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from stn_face.files import atomic_write
 
 if TYPE_CHECKING:
     from stn_face.evaluation.verification import ScoredPairs
@@ -75,22 +75,12 @@ def metrics_record(sets: Mapping[str, Mapping[str, Any]], primary: str | None, k
     return record
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_metrics_json(path: str | Path, metrics: Mapping[str, Any]) -> Path:
     """Write ``metrics`` (a :func:`metrics_record`, or any mapping) as strict JSON, atomically."""
     path = Path(path)
-    _atomic_write_text(path, json.dumps(json_ready(metrics), indent=2, allow_nan=False) + "\n")
+    text = json.dumps(json_ready(metrics), indent=2, allow_nan=False) + "\n"
+    with atomic_write(path) as handle:
+        handle.write(text)
     return path
 
 

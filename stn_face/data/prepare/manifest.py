@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from stn_face.data.detect import Detection
+from stn_face.files import atomic_write
 
 MANIFEST_NAME = "manifest.csv"
 SUMMARY_NAME = "summary.json"
@@ -92,15 +93,11 @@ def crop_path_map(output_dir: str | os.PathLike) -> dict[str, Path]:
 def write_manifest(output_dir: Path, rows: Iterable[Mapping[str, str]]) -> None:
     """Replace the manifest with ``rows``, sorted by source."""
     path = output_dir / MANIFEST_NAME
-    tmp = output_dir / f".{MANIFEST_NAME}.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with atomic_write(path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
         writer.writeheader()
         for row in sorted(rows, key=lambda r: r["source"]):
             writer.writerow({c: row[c] for c in MANIFEST_COLUMNS})
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class ManifestAppender:
@@ -123,9 +120,8 @@ class ManifestAppender:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as handle:
+        handle.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def write_summary(output_dir: Path, summary: Mapping[str, Any]) -> None:

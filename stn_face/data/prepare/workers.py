@@ -17,7 +17,6 @@ import inspect
 import logging
 import math
 import multiprocessing
-import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,6 +35,7 @@ from stn_face.data.prepare.crop import crop_photo, encode_jpeg
 from stn_face.data.prepare.manifest import manifest_row
 from stn_face.data.prepare.plan import Task
 from stn_face.data.prepare.settings import CropSettings, PrepareError
+from stn_face.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +112,8 @@ def _failure(task: Task, err: Exception) -> Row:
 
 def _save_jpeg(image_rgb: np.ndarray, path: Path, quality: int) -> None:
     data = encode_jpeg(image_rgb, quality)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb", fsync=False) as handle:
+        handle.write(data)
 
 
 def _in_source_pixels(face: Detection, path: str, shape: tuple[int, ...], max_pixels: int | None) -> Detection:
