@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from stn_face.config import CONF_DIR
 from stn_face.data.images import read_rgb
 from stn_face.data.prepare import MANIFEST_NAME, parse_numbers, read_manifest
+from stn_face.data.prepare.crop import points_in_face_crop
 from stn_face.data.transforms import eval_transform
 from stn_face.errors import InputError, friendly_errors
 from stn_face.geometry import resize_antialiased
@@ -55,20 +56,6 @@ log = logging.getLogger("paper_table2.regress")
 # written by the preparation beside manifest.csv; records the detector that found the landmarks
 PREPARE_SETTINGS = "prepare_settings.json"
 _LOADED: dict[tuple, tuple[torch.Tensor, torch.Tensor, list[str]]] = {}
-
-
-def landmarks_in_crop(box: np.ndarray, landmarks: np.ndarray, margin: float) -> np.ndarray:
-    """Landmarks of one photo in unit coordinates of its ``crop``-mode crop.
-
-    The crop is the square ``square_crop`` cuts (side ``round(margin x the longer box side)``, corner
-    rounded to a pixel, centred on the box) resized to the crop size; source pixel ``i`` spans
-    [i - 0.5, i + 0.5], so a source point ``p`` lands at unit ``(p - x0 + 0.5) / side``.
-    Shapes: box ``(4,)`` ``x1 y1 x2 y2``, landmarks ``(5, 2)`` source pixels -> ``(5, 2)``.
-    """
-    x1, y1, x2, y2 = box
-    side = max(1, round(margin * max(x2 - x1, y2 - y1)))
-    corner = np.array([round((x1 + x2) / 2.0 - side / 2.0), round((y1 + y2) / 2.0 - side / 2.0)])
-    return (landmarks - corner + 0.5) / side
 
 
 def load_crops(root: Path, statuses: list[str], margin: float, image_size: int, input_size: int
@@ -99,7 +86,7 @@ def load_crops(root: Path, statuses: list[str], margin: float, image_size: int, 
         images.append(resize_antialiased(image, (input_size, input_size)))
         box = np.array(parse_numbers(row["box"]))
         landmarks = np.array(parse_numbers(row["landmarks"])).reshape(5, 2)
-        points.append(landmarks_in_crop(box, landmarks, margin))
+        points.append(points_in_face_crop(box, landmarks, margin))
     _LOADED.clear()
     _LOADED[key] = (torch.stack(images), torch.as_tensor(np.stack(points), dtype=torch.float32),
                     [r["identity"] for r in rows])

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from stn_face.config import CONF_DIR
 from stn_face.data.images import read_rgb
 from stn_face.data.prepare import parse_numbers, read_manifest, square_crop
+from stn_face.data.prepare.crop import points_in_face_crop
 from stn_face.nn.landmark_regression import (
     GRID_MSE_PER_UNIT_MSE,
     landmark_mse,
@@ -87,8 +88,7 @@ def small_celeba(celeba_dir):
 @pytest.mark.data
 def test_landmarks_follow_the_crop(small_celeba, celeba_dir):
     """A dot drawn at a detected landmark of a real photo lands, in the crop the preparation's
-    square_crop cuts, where landmarks_in_crop says (to a fraction of a crop pixel)."""
-    script = _script()
+    square_crop cuts, where points_in_face_crop says (to a fraction of a crop pixel)."""
     cfg = _config(small_celeba)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
@@ -105,7 +105,7 @@ def test_landmarks_follow_the_crop(small_celeba, celeba_dir):
                            margin * max(box[2] - box[0], box[3] - box[1]), size).astype(float)[..., 0]
         ys, xs = np.mgrid[:size, :size]
         found = np.array([(xs * crop).sum(), (ys * crop).sum()]) / crop.sum()
-        expected = script.landmarks_in_crop(box, np.array([[x, y]], dtype=float), margin)[0] * size - 0.5
+        expected = points_in_face_crop(box, np.array([[x, y]], dtype=float), margin)[0] * size - 0.5
         assert np.abs(found - expected).max() < 0.35, (row["source"], found, expected)
 
 

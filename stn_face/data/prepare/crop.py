@@ -24,14 +24,28 @@ from stn_face.data.prepare.settings import CropSettings, PrepareError
 _BORDER_MODES = {"constant": cv2.BORDER_CONSTANT, "replicate": cv2.BORDER_REPLICATE}  # settings.BORDERS
 
 
+def crop_square(center: tuple[float, float], side: float) -> tuple[int, int, int]:
+    """The pixel square :func:`square_crop` cuts: ``(x0, y0, s)``, side ``s = round(side)`` (at least 1),
+    top-left corner rounded to a pixel so the square is centred on ``center`` (x, y)."""
+    s = max(1, round(side))
+    return round(center[0] - s / 2.0), round(center[1] - s / 2.0), s
+
+
+def points_in_face_crop(box: np.ndarray, points: np.ndarray, margin: float) -> np.ndarray:
+    """Source-pixel ``points`` ``(N, 2)`` in unit coordinates ``[0, 1]`` of the ``crop``-mode crop of the face
+    in ``box`` ``(4,)`` (``x1 y1 x2 y2``): the square :func:`face_crop` cuts, with source
+    pixel ``i`` spanning ``[i - 0.5, i + 0.5]``, so ``p`` lands at ``(p - x0 + 0.5) / s``."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    x0, y0, s = crop_square(((x1 + x2) / 2.0, (y1 + y2) / 2.0), margin * max(x2 - x1, y2 - y1))
+    return (np.asarray(points, dtype=np.float64) - np.array([x0, y0]) + 0.5) / s
+
+
 def square_crop(image: np.ndarray, center: tuple[float, float], side: float, size: int,
                 border: str = "constant") -> np.ndarray:
-    """The square of ``side`` pixels centred on ``center`` (x, y), padded where it leaves the image,
-    resized to ``size`` x ``size`` (area averaging when shrinking)."""
+    """The square of ``side`` pixels centred on ``center`` (x, y) (:func:`crop_square`), padded where it
+    leaves the image, resized to ``size`` x ``size`` (area averaging when shrinking)."""
     height, width = image.shape[:2]
-    s = max(1, round(side))
-    x0 = round(center[0] - s / 2.0)
-    y0 = round(center[1] - s / 2.0)
+    x0, y0, s = crop_square(center, side)
     x1, y1 = x0 + s, y0 + s
     inner = image[max(y0, 0):min(y1, height), max(x0, 0):min(x1, width)]
     if inner.size == 0:
