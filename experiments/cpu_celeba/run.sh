@@ -5,7 +5,8 @@
 # its command, seed, wall time, machine and load to logs/cpu_celeba/times.tsv; an unfinished run's
 # folder is removed and the run starts again.
 # Rows: clean/<t> or misaligned/<t> for a transform t (identity, similarity, affine, projective, tps),
-# clean/landmarks (5-point aligned crops, no transformer) and clean/landmarks_projective.
+# clean/landmarks (5-point aligned crops, no transformer) and clean/landmarks_projective; a row name ending
+# in _3x (misaligned/projective_3x) runs 900 steps instead of 300, with every schedule stretched.
 #   SEEDS="42 43 44" bash experiments/cpu_celeba/run.sh misaligned/identity misaligned/projective
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,7 +19,13 @@ machine=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | xargs)
 grep -qw amx_bf16 /proc/cpuinfo && machine="$machine (AMX)" || true
 machine="$machine, $(nproc) cores"
 for row in "$@"; do
-  study=${row%%/*}; variant=${row#*/}
+  study=${row%%/*}; variant=${row#*/}; long=()
+  if [[ $variant == *_3x ]]; then
+    # three times the budget, every schedule stretched with it (warm-up, margin ramp, cosine, grids)
+    variant=${variant%_3x}
+    long=(trainer.max_steps=900 scheduler.warmup_steps=300 model.margin_warmup_steps=300
+          model.margin_ramp_steps=600 callbacks.alignment_grid.every_n_steps=300)
+  fi
   case "$study/$variant" in
     clean/landmarks) args=(experiment=cpu_celeba_landmarks transform=identity) ;;
     clean/landmarks_projective) args=(experiment=cpu_celeba_landmarks transform=projective) ;;
@@ -30,7 +37,7 @@ for row in "$@"; do
     dir=logs/cpu_celeba/$row/seed$seed
     if [ -f "$dir/metrics.json" ]; then echo "$dir: done, skipped"; continue; fi
     rm -rf "$dir"  # an interrupted run starts again from step 0 (its seed fixes everything else)
-    cmd=(stn-face-train "${args[@]}" "seed=$seed" paths.log_dir=logs/cpu_celeba "hydra.run.dir=$dir")
+    cmd=(stn-face-train "${args[@]}" ${long[@]+"${long[@]}"} "seed=$seed" paths.log_dir=logs/cpu_celeba "hydra.run.dir=$dir")
     echo "== $row seed $seed: ${cmd[*]}"
     start=$(date +%s)
     "$PY" -m stn_face.cli.train "${cmd[@]:1}" ${EXTRA_OVERRIDES:-}
