@@ -12,7 +12,7 @@ for run in logs/cpu_celeba/*/*/seed*/; do
   out=experiments/cpu_celeba/runs/${run#logs/cpu_celeba/}
   mkdir -p "$out/.hydra"
   cp -f "$run"/metrics.json "$run"/roc_lfw.npz "$out/"
-  cp -f "$run"/.hydra/config.yaml "$run"/.hydra/overrides.yaml "$out/.hydra/"
+  cp -f "$run"/.hydra/config.yaml "$run"/.hydra/overrides.yaml "$run"/.hydra/hydra.yaml "$out/.hydra/"
   cp -f "$run"/csv/version_0/metrics.csv "$out/train_metrics.csv"
   if [ "${run##*/}" = seed42 ]; then
     cp -f "$run"/undo_jitter.json "$run"/undo_jitter.png "$out/" 2>/dev/null || true
