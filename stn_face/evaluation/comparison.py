@@ -55,7 +55,8 @@ def paired_difference(correct_a: Sequence[Sequence[bool]] | np.ndarray, correct_
 
     ``correct_a``, ``correct_b``: ``(S, P)`` booleans, seed ``s`` of A paired with seed ``s`` of B on
     the same ``P`` pairs. Returns ``difference`` (a fraction), ``per_seed`` (S,), ``ci_pairs`` and
-    ``ci_seeds_pairs`` (``(low, high)``), ``distinguishable`` (the seeds+pairs interval excludes 0),
+    ``ci_seeds_pairs`` (``(low, high)``), ``distinguishable`` (the seeds+pairs interval excludes 0; None
+    for one seed, whose interval holds no training noise),
     ``n_seeds``, ``n_pairs``, ``n_boot``, ``level``. ``rng_seed`` makes the intervals reproducible.
     """
     a = np.atleast_2d(np.asarray(correct_a, dtype=bool))
@@ -86,7 +87,8 @@ def paired_difference(correct_a: Sequence[Sequence[bool]] | np.ndarray, correct_
         "per_seed": [float(d) for d in per_seed],
         "ci_pairs": ci_pairs,
         "ci_seeds_pairs": ci_seeds,
-        "distinguishable": bool(ci_seeds[0] > 0 or ci_seeds[1] < 0),
+        # one seed says nothing about training noise: no verdict
+        "distinguishable": bool(ci_seeds[0] > 0 or ci_seeds[1] < 0) if n_seeds >= 2 else None,
         "n_seeds": int(n_seeds),
         "n_pairs": int(n_pairs),
         "n_boot": int(n_boot),

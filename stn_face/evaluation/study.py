@@ -197,12 +197,13 @@ def _paired_markdown(comparisons: Sequence[Mapping[str, Any]]) -> str:
             " / ".join(_points(d) for d in c["per_seed"]),
             f"[{_points(c['ci_pairs'][0])}, {_points(c['ci_pairs'][1])}]",
             f"[{_points(c['ci_seeds_pairs'][0])}, {_points(c['ci_seeds_pairs'][1])}]",
-            "yes" if c["distinguishable"] else "no"]) + " |")
+            {True: "yes", False: "no", None: "- (1 seed)"}[c["distinguishable"]]]) + " |")
     n_boot = next((c["n_boot"] for c in comparisons if "n_boot" in c), 0)
     note = (f"\nPaired accuracy difference (row minus its identity row) on the same seeds and the same pairs, each "
             "pair's outcome under the 10-fold protocol; the mean over seeds. Intervals: percentile bootstrap "
             f"({n_boot:,} resamples) over pairs with the trained models fixed (\"pairs\"), and over seeds and pairs "
-            "(\"seeds+pairs\", which adds training noise). Distinguishable: the seeds+pairs interval excludes 0 "
+            "(\"seeds+pairs\", which adds training noise). Distinguishable: the seeds+pairs interval excludes 0; "
+            "a row with one seed gets no verdict, its interval holding no training noise "
             "(stn_face/evaluation/comparison.py).\n")
     return "\n".join(lines) + "\n" + note
 

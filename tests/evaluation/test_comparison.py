@@ -44,6 +44,8 @@ def test_a_known_gain_is_recovered_with_an_interval_of_the_right_width() -> None
     assert (high - low) / 2 == pytest.approx(half_width, rel=0.2)
     # the seeds do not disagree, so resampling them adds nothing
     assert result["ci_seeds_pairs"][0] > 0 and result["distinguishable"]
+    one_seed = paired_difference(a[:1], b[:1], n_boot=500)
+    assert one_seed["ci_seeds_pairs"] == one_seed["ci_pairs"] and one_seed["distinguishable"] is None
 
 
 def test_disagreeing_seeds_widen_the_seed_interval_only() -> None:
