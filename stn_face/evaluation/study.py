@@ -124,6 +124,14 @@ def paired_comparisons(rows: Sequence[Row], n_boot: int = 10_000, level: float =
     differ between the two rows (another pair file or order) raise ``ValueError``.
     """
     comparisons = []
+    cache: dict[Path, tuple[np.ndarray, np.ndarray, np.ndarray] | None] = {}
+
+    def outcomes_of(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        # an identity row is the reference of every learned row of its condition: read and score it once
+        if run.directory not in cache:
+            cache[run.directory] = _outcomes(run)
+        return cache[run.directory]
+
     for row in rows:
         if (row.transform or "").lower() in ("", "identity"):
             continue
@@ -133,7 +141,7 @@ def paired_comparisons(rows: Sequence[Row], n_boot: int = 10_000, level: float =
             continue
         seeds = [s for s in row.seeds if s in reference.runs]
         entry: dict[str, Any] = {"row": row.label, "reference": reference.label, "seeds": seeds}
-        outcomes = [(_outcomes(row.runs[s]), _outcomes(reference.runs[s])) for s in seeds]
+        outcomes = [(outcomes_of(row.runs[s]), outcomes_of(reference.runs[s])) for s in seeds]
         if not seeds or any(a is None or b is None for a, b in outcomes):
             comparisons.append({**entry, "note": "no scored pairs stored (roc_lfw.npz written before they were kept)"})
             continue
