@@ -3,7 +3,8 @@
 # curve; the alignment grid and the jitter analysis of seed 42) from logs/cpu_celeba/<study>/<row>/seed<k>
 # into experiments/cpu_celeba/runs/<study>/<row>/seed<k>; the checkpoints stay in logs/. Then rebuild
 # table.md/.csv (every run), seeds.md/.csv (mean ± std across seeds), paired.md/.csv (each learned row
-# against its identity row) and roc.png (one curve per row) with stn-face-report.
+# against its identity row, and the landmark-aligned crops against the plain ones) and roc.png (one curve
+# per row) with stn-face-report.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
@@ -28,4 +29,4 @@ for p in Path("experiments/cpu_celeba/runs").rglob("alignment/*.png"):
     Image.open(p).convert("RGB").quantize(256).save(p, optimize=True)
 PY
 "$PY" -m stn_face.cli.report experiments/cpu_celeba/runs --out experiments/cpu_celeba \
-    --published "${STN_FACE_DATA:-../shared/data}/lfw/published-roc"
+    --published "${STN_FACE_DATA:-../shared/data}/lfw/published-roc" --compare clean/landmarks=clean/identity

@@ -1,8 +1,8 @@
 """``stn-face-report DIR``: a Table-3-style table (``table.md``, ``table.csv``) and ``roc.png`` of the runs
 below DIR (a Hydra multirun folder or any folder of run folders). Where runs differ only in ``seed``, also
 ``seeds.md``/``.csv`` (mean ± std across seeds), ``paired.md``/``.csv`` (each learned row against its
-identity row, with bootstrap intervals), and ``roc.png`` draws one curve per row
-(:mod:`stn_face.evaluation.study`)."""
+identity row, with bootstrap intervals; further pairs of rows with ``--compare ROW=REFERENCE``), and
+``roc.png`` draws one curve per row (:mod:`stn_face.evaluation.study`)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--far", default="1e-3", help="the TAR@FAR column, as a metrics key (default 1e-3)")
     parser.add_argument("--bootstrap", type=int, default=10_000,
                         help="bootstrap resamples of the paired comparisons (default 10000)")
+    parser.add_argument("--compare", action="append", default=[], metavar="ROW=REFERENCE",
+                        help="also compare ROW with REFERENCE (row labels as in seeds.md, e.g. "
+                             "clean/landmarks=clean/identity); repeatable")
     args = parser.parse_args(argv)
+    compare = [tuple(item.split("=", 1)) for item in args.compare]
+    if any(len(pair) != 2 or not all(pair) for pair in compare):
+        parser.error(f"--compare takes ROW=REFERENCE, two row labels (got {' '.join(args.compare)})")
 
     if not args.dir.is_dir():
         parser.error(f"{args.dir} is not a folder")
@@ -38,9 +44,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not runs:
         print(f"no {METRICS_FILE} found under {args.dir}", file=sys.stderr)
         return 1
+    from stn_face.evaluation.study import group_by_seed, write_study
+
+    seed_rows = group_by_seed(runs, args.dir)
+    labels = sorted(row.label for row in seed_rows)
+    unknown = [name for pair in compare for name in pair if name not in labels]
+    if unknown:
+        raise InputError(f"--compare names no row {', '.join(map(repr, unknown))} under {args.dir}; "
+                         f"the rows are: {', '.join(labels)}")
     out = args.out or args.dir
-    rows = table_rows(runs, args.dir, far=args.far)
-    md_path, csv_path = write_table(rows, out, far=args.far)
+    md_path, csv_path = write_table(table_rows(runs, args.dir, far=args.far), out, far=args.far)
     published = None
     if args.published is not None:
         if not args.published.is_dir():
@@ -49,14 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from stn_face.evaluation.plots import load_published_rocs
 
         published = load_published_rocs(args.published)
-    from stn_face.evaluation.study import group_by_seed, write_study
-
     print(md_path.read_text())
-    rows = group_by_seed(runs, args.dir)
-    if any(len(row.runs) > 1 for row in rows):
+    if compare or any(len(row.runs) > 1 for row in seed_rows):
         if args.bootstrap < 100:
             parser.error(f"--bootstrap {args.bootstrap} is too few resamples for a 95 % interval; use 1000 or more")
-        written = write_study(rows, out, far=args.far, published=published, n_boot=args.bootstrap)
+        written = write_study(seed_rows, out, far=args.far, published=published, n_boot=args.bootstrap,
+                              compare=compare)
         for path in written:
             if path.suffix == ".md":
                 print(path.read_text())

@@ -36,7 +36,9 @@ __all__ = [
     "PAPER_TABLE3",
     "ROC_FILE",
     "Run",
+    "benchmark",
     "find_runs",
+    "percent",
     "read_metrics",
     "save_metrics_json",
     "table_rows",
@@ -215,12 +217,14 @@ def _benchmark_key(run: Run, name: str) -> str | None:
     return next((key for key in run.metrics if key.startswith(name)), None)
 
 
-def _benchmark(run: Run, name: str) -> dict[str, Any] | None:
+def benchmark(run: Run, name: str) -> dict[str, Any] | None:
+    """The metrics of the run's ``name`` set (``lfw``, ``ytf``; or the first set whose name starts with it)."""
     key = _benchmark_key(run, name)
     return None if key is None else run.metrics[key]
 
 
-def _percent(value: Any) -> float | None:
+def percent(value: Any) -> float | None:
+    """A fraction (or a figure already in %) as a percentage; None for missing, boolean or non-finite values."""
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -252,8 +256,8 @@ def table_rows(runs: Sequence[Run], root: str | Path, far: str = "1e-3") -> list
     others = _other_sets(runs)
     rows = []
     for run in sorted(runs, key=lambda r: _sort_key(r, root)):
-        lfw = _benchmark(run, "lfw") or {}
-        ytf = _benchmark(run, "ytf") or {}
+        lfw = benchmark(run, "lfw") or {}
+        ytf = benchmark(run, "ytf") or {}
         tar = (lfw.get("tar_at_far") or {}).get(far)
         measurable = ((lfw.get("tar_at_far_measurable") or {}).get(far) or {}).get("pooled", True)
         paper = PAPER_TABLE3.get((run.transform or "").lower(), (None, None))
@@ -262,15 +266,15 @@ def table_rows(runs: Sequence[Run], root: str | Path, far: str = "1e-3") -> list
                 "transform": run.transform,
                 "localization": _localization(run),
                 "training_set": run.data,
-                "lfw_acc_mean": _percent(lfw.get("accuracy_mean")),
-                "lfw_acc_std": _percent(lfw.get("accuracy_std")),
-                "lfw_acc_sem": _percent(lfw.get("accuracy_sem")),
-                "ytf_acc_mean": _percent(ytf.get("accuracy_mean")),
-                "ytf_acc_std": _percent(ytf.get("accuracy_std")),
+                "lfw_acc_mean": percent(lfw.get("accuracy_mean")),
+                "lfw_acc_std": percent(lfw.get("accuracy_std")),
+                "lfw_acc_sem": percent(lfw.get("accuracy_sem")),
+                "ytf_acc_mean": percent(ytf.get("accuracy_mean")),
+                "ytf_acc_std": percent(ytf.get("accuracy_std")),
                 "lfw_auc": lfw.get("auc"),
-                "lfw_eer": _percent(lfw.get("eer")),
-                f"lfw_tar_at_far_{far}": _percent(tar) if measurable else None,
-                **{f"{name}_acc_{stat}": _percent((run.metrics.get(name) or {}).get(f"accuracy_{stat}"))
+                "lfw_eer": percent(lfw.get("eer")),
+                f"lfw_tar_at_far_{far}": percent(tar) if measurable else None,
+                **{f"{name}_acc_{stat}": percent((run.metrics.get(name) or {}).get(f"accuracy_{stat}"))
                    for name in others for stat in ("mean", "std")},
                 "paper_lfw": paper[0],
                 "paper_ytf": paper[1],

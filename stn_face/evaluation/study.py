@@ -8,6 +8,7 @@
 - :func:`paired_comparisons`: every row with a learned transform against the identity row of the same
   condition (the same overrides but ``transform``), on their common seeds and the same pairs, from
   the scored pairs stored in each run's ``roc_lfw.npz`` (:func:`.comparison.paired_difference`).
+  Further pairs of rows on request (two conditions, e.g. landmark-aligned against plain crops).
 - :func:`write_study`: ``seeds.md`` / ``seeds.csv``, ``paired.md`` / ``paired.csv`` and ``roc.png``
   with one curve per row, drawn from the row's median seed by accuracy.
 """
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from stn_face.evaluation.comparison import paired_difference, seed_summary
-from stn_face.evaluation.report import Run, _benchmark, _percent
+from stn_face.evaluation.report import Run, benchmark, percent
 
 __all__ = ["Row", "group_by_seed", "median_seed", "paired_comparisons", "row_summaries", "write_study"]
 
@@ -83,9 +84,9 @@ def group_by_seed(runs: Sequence[Run], root: str | Path) -> list[Row]:
 def _values(row: Row, key: str, far: str) -> dict[int, float | None]:
     values = {}
     for seed, run in row.runs.items():
-        lfw = _benchmark(run, "lfw") or {}
+        lfw = benchmark(run, "lfw") or {}
         value = (lfw.get("tar_at_far") or {}).get(far) if key == "tar" else lfw.get(key)
-        values[-1 if seed is None else seed] = _percent(value) if key != "auc" else value
+        values[-1 if seed is None else seed] = percent(value) if key != "auc" else value
     return values
 
 
@@ -100,7 +101,7 @@ def row_summaries(rows: Sequence[Row], far: str = "1e-3") -> list[dict[str, Any]
 
 def median_seed(row: Row) -> int | None:
     """The seed whose LFW accuracy is the median of the row's (the lower middle for an even count)."""
-    ranked = sorted(row.runs, key=lambda s: ((_benchmark(row.runs[s], "lfw") or {}).get("accuracy_mean") or 0.0,
+    ranked = sorted(row.runs, key=lambda s: ((benchmark(row.runs[s], "lfw") or {}).get("accuracy_mean") or 0.0,
                                              s is None, s or 0))
     return ranked[(len(ranked) - 1) // 2]
 
@@ -117,13 +118,16 @@ def _outcomes(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     return correct, pairs.labels, pairs.folds
 
 
-def paired_comparisons(rows: Sequence[Row], n_boot: int = 10_000, level: float = 0.95) -> list[dict[str, Any]]:
-    """Each learned row against the identity row of its condition, on their common seeds.
+def paired_comparisons(rows: Sequence[Row], n_boot: int = 10_000, level: float = 0.95,
+                       extra: Sequence[tuple[str, str]] = ()) -> list[dict[str, Any]]:
+    """Each learned row against the identity row of its condition, on their common seeds; then each
+    ``(row, reference)`` pair of labels in ``extra`` (e.g. ``("clean/landmarks", "clean/identity")``: two
+    conditions, both without a transformer).
 
     Rows whose runs hold no scored pairs (older ROC files) are skipped with ``note`` saying so; pairs that
-    differ between the two rows (another pair file or order) raise ``ValueError``.
+    differ between the two rows (another pair file or order) raise ``ValueError``; a label in ``extra``
+    that names no row raises ``KeyError`` listing the rows.
     """
-    comparisons = []
     cache: dict[Path, tuple[np.ndarray, np.ndarray, np.ndarray] | None] = {}
 
     def outcomes_of(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -132,26 +136,36 @@ def paired_comparisons(rows: Sequence[Row], n_boot: int = 10_000, level: float =
             cache[run.directory] = _outcomes(run)
         return cache[run.directory]
 
-    for row in rows:
-        if (row.transform or "").lower() in ("", "identity"):
-            continue
-        reference = next((r for r in rows if r.condition == row.condition and (r.transform or "").lower() == "identity"),
-                         None)
-        if reference is None:
-            continue
+    def compare(row: Row, reference: Row) -> dict[str, Any]:
         seeds = [s for s in row.seeds if s in reference.runs]
         entry: dict[str, Any] = {"row": row.label, "reference": reference.label, "seeds": seeds}
+        if not seeds:
+            return {**entry, "note": "no seed in common"}
         outcomes = [(outcomes_of(row.runs[s]), outcomes_of(reference.runs[s])) for s in seeds]
-        if not seeds or any(a is None or b is None for a, b in outcomes):
-            comparisons.append({**entry, "note": "no scored pairs stored (roc_lfw.npz written before they were kept)"})
-            continue
+        if any(a is None or b is None for a, b in outcomes):
+            return {**entry, "note": "no scored pairs stored (roc_lfw.npz written before they were kept)"}
         _, base_labels, base_folds = outcomes[0][1]
         for seed, pair in zip(seeds, outcomes, strict=True):
             if not all(np.array_equal(o[1], base_labels) and np.array_equal(o[2], base_folds) for o in pair):
                 raise ValueError(f"{row.label} and {reference.label} (seed {seed}) were not scored on the same pairs: "
                                  "compare runs evaluated on the same pair file")
         result = paired_difference([a[0] for a, _ in outcomes], [b[0] for _, b in outcomes], n_boot=n_boot, level=level)
-        comparisons.append({**entry, **result})
+        return {**entry, **result}
+
+    comparisons = []
+    for row in rows:
+        if (row.transform or "").lower() in ("", "identity"):
+            continue
+        reference = next((r for r in rows if r.condition == row.condition and (r.transform or "").lower() == "identity"),
+                         None)
+        if reference is not None:
+            comparisons.append(compare(row, reference))
+    by_label = {row.label: row for row in rows}
+    for label, reference_label in extra:
+        missing = [name for name in (label, reference_label) if name not in by_label]
+        if missing:
+            raise KeyError(f"no row {', '.join(map(repr, missing))}; the rows are: {', '.join(sorted(by_label))}")
+        comparisons.append(compare(by_label[label], by_label[reference_label]))
     return comparisons
 
 
@@ -207,7 +221,8 @@ def _paired_markdown(comparisons: Sequence[Mapping[str, Any]]) -> str:
             f"[{_points(c['ci_seeds_pairs'][0])}, {_points(c['ci_seeds_pairs'][1])}]",
             {True: "yes", False: "no", None: "- (1 seed)"}[c["distinguishable"]]]) + " |")
     n_boot = next((c["n_boot"] for c in comparisons if "n_boot" in c), 0)
-    note = (f"\nPaired accuracy difference (row minus its identity row) on the same seeds and the same pairs, each "
+    note = (f"\nPaired accuracy difference (the row minus the row in \"vs\": its identity row unless the pair was "
+            "named with --compare) on the same seeds and the same pairs, each "
             "pair's outcome under the 10-fold protocol; the mean over seeds. Intervals: percentile bootstrap "
             f"({n_boot:,} resamples) over pairs with the trained models fixed (\"pairs\"), and over seeds and pairs "
             "(\"seeds+pairs\", which adds training noise). Distinguishable: the seeds+pairs interval excludes 0; "
@@ -247,15 +262,17 @@ def _flat_comparison(c: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def write_study(rows: Sequence[Row], out_dir: str | Path, far: str = "1e-3",
-                published: Mapping[str, Any] | None = None, n_boot: int = 10_000) -> list[Path]:
-    """``seeds.md``/``.csv``, ``paired.md``/``.csv`` and ``roc.png`` (one curve per row: its median seed)."""
+                published: Mapping[str, Any] | None = None, n_boot: int = 10_000,
+                compare: Sequence[tuple[str, str]] = ()) -> list[Path]:
+    """``seeds.md``/``.csv``, ``paired.md``/``.csv`` (learned rows against their identity rows, then the
+    ``compare`` pairs) and ``roc.png`` (one curve per row: its median seed)."""
     from stn_face.evaluation.plots import plot_roc
     from stn_face.evaluation.verification import load_roc_npz
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summaries = row_summaries(rows, far)
-    comparisons = paired_comparisons(rows, n_boot=n_boot)
+    comparisons = paired_comparisons(rows, n_boot=n_boot, extra=compare)
     (out / "seeds.md").write_text(_seeds_markdown(summaries, far))
     (out / "paired.md").write_text(_paired_markdown(comparisons))
     written = [out / "seeds.md", _write_csv(out / "seeds.csv", [_flat_summary(s) for s in summaries]),

@@ -125,3 +125,32 @@ def test_stored_pairs_round_trip(tmp_path: Path) -> None:
     assert np.array_equal(loaded.folds, FOLDS)
     save_roc_npz(tmp_path / "old.npz", *pairs.roc())
     assert load_pair_scores(tmp_path / "old.npz") is None
+
+
+def test_a_named_pair_of_rows_is_compared_too(study, tmp_path: Path, capsys) -> None:
+    root, metrics = study
+    rows = group_by_seed(find_runs(root), root)
+    extra = paired_comparisons(rows, n_boot=1000, extra=[("clean/identity", "misaligned/identity")])[-1]
+    assert (extra["row"], extra["reference"], extra["seeds"]) == ("clean/identity", "misaligned/identity", [42, 43, 44])
+    expected = [metrics["clean", "identity", s]["accuracy_mean"] - metrics["misaligned", "identity", s]["accuracy_mean"]
+                for s in (42, 43, 44)]
+    assert extra["per_seed"] == pytest.approx(expected, abs=1e-12)
+    assert extra["difference"] > 0.05 and extra["distinguishable"]  # separation 1.0 vs 0.6
+    with pytest.raises(KeyError, match=r"'clean/landmarks'.*the rows are: clean/identity"):
+        paired_comparisons(rows, extra=[("clean/landmarks", "clean/identity")])
+
+    out = tmp_path / "report"
+    assert main([str(root), "--out", str(out), "--bootstrap", "1000", "--compare",
+                 "clean/identity=misaligned/identity"]) == 0
+    with (out / "paired.csv").open() as handle:
+        paired = list(csv.DictReader(handle))
+    assert [(r["row"], r["reference"]) for r in paired][-1] == ("clean/identity", "misaligned/identity")
+    assert float(paired[-1]["difference"]) == pytest.approx(np.mean(expected), abs=1e-12)
+    capsys.readouterr()
+    for bad, message in ((["--compare", "clean/identity"], "ROW=REFERENCE"),
+                         (["--compare", "clean/landmarks=clean/identity"], "names no row 'clean/landmarks'")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(root), "--out", str(tmp_path / "bad"), *bad])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # a bad --compare writes nothing
