@@ -3,8 +3,8 @@
 # curve; the alignment grid and the jitter analysis of seed 42) from logs/cpu_celeba/<study>/<row>/seed<k>
 # into experiments/cpu_celeba/runs/<study>/<row>/seed<k>; the checkpoints stay in logs/. Then rebuild
 # table.md/.csv (every run), seeds.md/.csv (mean ± std across seeds), paired.md/.csv (each learned row
-# against its identity row, and the landmark-aligned crops against the plain ones) and roc.png (one curve
-# per row) with stn-face-report.
+# against its identity row; the landmark-aligned crops against the plain ones; projective against similarity
+# and tps against projective) and roc.png (one curve per row) with stn-face-report.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
@@ -29,4 +29,7 @@ for p in Path("experiments/cpu_celeba/runs").rglob("alignment/*.png"):
     Image.open(p).convert("RGB").quantize(256).save(p, optimize=True)
 PY
 "$PY" -m stn_face.cli.report experiments/cpu_celeba/runs --out experiments/cpu_celeba \
-    --published "${STN_FACE_DATA:-../shared/data}/lfw/published-roc" --compare clean/landmarks=clean/identity
+    --published "${STN_FACE_DATA:-../shared/data}/lfw/published-roc" \
+    --compare clean/landmarks=clean/identity \
+    --compare clean/projective=clean/similarity --compare clean/tps=clean/projective \
+    --compare misaligned/projective=misaligned/similarity --compare misaligned/tps=misaligned/projective
