@@ -44,14 +44,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not runs:
         print(f"no {METRICS_FILE} found under {args.dir}", file=sys.stderr)
         return 1
-    from stn_face.evaluation.study import group_by_seed, write_study
+    from stn_face.evaluation.study import check_labels, group_by_seed, write_study
 
     seed_rows = group_by_seed(runs, args.dir)
-    labels = sorted(row.label for row in seed_rows)
-    unknown = [name for pair in compare for name in pair if name not in labels]
-    if unknown:
-        raise InputError(f"--compare names no row {', '.join(map(repr, unknown))} under {args.dir}; "
-                         f"the rows are: {', '.join(labels)}")
+    try:  # before anything is written
+        check_labels(seed_rows, compare)
+    except KeyError as error:
+        raise InputError(f"--compare {error.args[0]} (runs under {args.dir})") from None
     out = args.out or args.dir
     md_path, csv_path = write_table(table_rows(runs, args.dir, far=args.far), out, far=args.far)
     published = None

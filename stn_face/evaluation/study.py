@@ -26,7 +26,7 @@ import numpy as np
 from stn_face.evaluation.comparison import paired_difference, seed_summary
 from stn_face.evaluation.report import Run, benchmark, percent
 
-__all__ = ["Row", "group_by_seed", "median_seed", "paired_comparisons", "row_summaries", "write_study"]
+__all__ = ["Row", "check_labels", "group_by_seed", "median_seed", "paired_comparisons", "row_summaries", "write_study"]
 
 _MISSING = "-"
 
@@ -118,6 +118,14 @@ def _outcomes(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     return correct, pairs.labels, pairs.folds
 
 
+def check_labels(rows: Sequence[Row], pairs: Sequence[tuple[str, str]]) -> None:
+    """Raise ``KeyError`` ("names no row 'x'; the rows are: ...") for a label in ``pairs`` that names no row."""
+    labels = sorted(row.label for row in rows)
+    unknown = [name for pair in pairs for name in pair if name not in labels]
+    if unknown:
+        raise KeyError(f"names no row {', '.join(map(repr, unknown))}; the rows are: {', '.join(labels)}")
+
+
 def paired_comparisons(rows: Sequence[Row], n_boot: int = 10_000, level: float = 0.95,
                        extra: Sequence[tuple[str, str]] = ()) -> list[dict[str, Any]]:
     """Each learned row against the identity row of its condition, on their common seeds; then each
@@ -160,12 +168,9 @@ def paired_comparisons(rows: Sequence[Row], n_boot: int = 10_000, level: float =
                          None)
         if reference is not None:
             comparisons.append(compare(row, reference))
+    check_labels(rows, extra)
     by_label = {row.label: row for row in rows}
-    for label, reference_label in extra:
-        missing = [name for name in (label, reference_label) if name not in by_label]
-        if missing:
-            raise KeyError(f"no row {', '.join(map(repr, missing))}; the rows are: {', '.join(sorted(by_label))}")
-        comparisons.append(compare(by_label[label], by_label[reference_label]))
+    comparisons.extend(compare(by_label[label], by_label[reference]) for label, reference in extra)
     return comparisons
 
 
