@@ -14,6 +14,12 @@ The paired accuracy difference of model A over model B is ``mean over seeds (mea
 - ``seeds+pairs``: the seeds are resampled too (with replacement, independently of the pairs), so
   training noise enters as well. With three seeds this is coarse; it is the stricter of the two, and
   a difference is called *distinguishable from zero* only when this interval excludes zero.
+
+A table of such comparisons tests many differences at once: at 95 % each, one in twenty true nulls
+excludes zero by chance. :func:`holm` adjusts the comparisons' bootstrap p-values (``p_seeds_pairs``,
+the two-sided tail of the seeds+pairs resamples at zero) with Holm's step-down method, which keeps the
+chance of *any* false "distinguishable" in the table below ``1 - level`` whatever the dependence
+between the comparisons (Holm, Scand. J. Statist. 6, 1979).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["paired_difference", "seed_summary"]
+__all__ = ["bootstrap_p_value", "holm", "paired_difference", "seed_summary"]
 
 
 def seed_summary(values: Mapping[int, float | None]) -> dict[str, Any]:
@@ -48,6 +54,30 @@ def _percentile_interval(samples: np.ndarray, level: float) -> tuple[float, floa
     return float(low), float(high)
 
 
+def bootstrap_p_value(samples: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of "the difference is zero": twice the smaller tail of ``samples`` (B,)
+    at zero, each tail counted as ``(k + 1) / (B + 1)`` so that it is never 0, capped at 1. Samples equal
+    to zero count in both tails (a difference of exactly zero gets p = 1)."""
+    samples = np.asarray(samples, dtype=np.float64)
+    n = samples.size
+    below = (np.count_nonzero(samples <= 0) + 1) / (n + 1)
+    above = (np.count_nonzero(samples >= 0) + 1) / (n + 1)
+    return float(min(1.0, 2 * min(below, above)))
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm step-down adjusted p-values, in the input order; ``None`` entries are no test (one seed) and
+    stay ``None``, outside the family. For the ``m`` tests sorted by p, the ``i``-th (from 0) is adjusted
+    to ``max over j <= i of min(1, (m - j) p_j)``."""
+    tested = [(p, i) for i, p in enumerate(p_values) if p is not None]
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(sorted(tested)):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
 def paired_difference(correct_a: Sequence[Sequence[bool]] | np.ndarray, correct_b: Sequence[Sequence[bool]] | np.ndarray,
                       n_boot: int = 10_000, level: float = 0.95, rng_seed: int = 0,
                       chunk: int = 500) -> dict[str, Any]:
@@ -56,7 +86,8 @@ def paired_difference(correct_a: Sequence[Sequence[bool]] | np.ndarray, correct_
     ``correct_a``, ``correct_b``: ``(S, P)`` booleans, seed ``s`` of A paired with seed ``s`` of B on
     the same ``P`` pairs. Returns ``difference`` (a fraction), ``per_seed`` (S,), ``ci_pairs`` and
     ``ci_seeds_pairs`` (``(low, high)``), ``distinguishable`` (the seeds+pairs interval excludes 0; None
-    for one seed, whose interval holds no training noise),
+    for one seed, whose interval holds no training noise), ``p_seeds_pairs`` (:func:`bootstrap_p_value` of
+    the seeds+pairs resamples; None for one seed),
     ``n_seeds``, ``n_pairs``, ``n_boot``, ``level``. ``rng_seed`` makes the intervals reproducible.
     """
     a = np.atleast_2d(np.asarray(correct_a, dtype=bool))
@@ -80,8 +111,9 @@ def paired_difference(correct_a: Sequence[Sequence[bool]] | np.ndarray, correct_
         pairs_only.append(per_seed_boot.mean(axis=1))
         seed_weights = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=size) / n_seeds  # (B, S)
         with_seeds.append(np.sum(per_seed_boot * seed_weights, axis=1))
+    with_seeds_samples = np.concatenate(with_seeds)
     ci_pairs = _percentile_interval(np.concatenate(pairs_only), level)
-    ci_seeds = _percentile_interval(np.concatenate(with_seeds), level)
+    ci_seeds = _percentile_interval(with_seeds_samples, level)
     return {
         "difference": float(per_seed.mean()),
         "per_seed": [float(d) for d in per_seed],
@@ -89,6 +121,7 @@ def paired_difference(correct_a: Sequence[Sequence[bool]] | np.ndarray, correct_
         "ci_seeds_pairs": ci_seeds,
         # one seed says nothing about training noise: no verdict
         "distinguishable": bool(ci_seeds[0] > 0 or ci_seeds[1] < 0) if n_seeds >= 2 else None,
+        "p_seeds_pairs": bootstrap_p_value(with_seeds_samples) if n_seeds >= 2 else None,
         "n_seeds": int(n_seeds),
         "n_pairs": int(n_pairs),
         "n_boot": int(n_boot),

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from stn_face.evaluation.comparison import paired_difference, seed_summary
+from stn_face.evaluation.comparison import holm, paired_difference, seed_summary
 from stn_face.evaluation.report import Run, benchmark, percent
 
 __all__ = ["Row", "check_labels", "group_by_seed", "median_seed", "paired_comparisons", "row_summaries", "write_study"]
@@ -132,6 +132,10 @@ def paired_comparisons(rows: Sequence[Row], n_boot: int = 10_000, level: float =
     ``(row, reference)`` pair of labels in ``extra`` (e.g. ``("clean/landmarks", "clean/identity")``: two
     conditions, both without a transformer).
 
+    The comparisons with two or more seeds are one family: each gets ``p_holm`` (its ``p_seeds_pairs``
+    Holm-adjusted over the family, :func:`.comparison.holm`) and ``distinguishable_holm``
+    (``p_holm < 1 - level``), the verdict that allows for the table testing many differences at once.
+
     Rows whose runs hold no scored pairs (older ROC files) are skipped with ``note`` saying so; pairs that
     differ between the two rows (another pair file or order) raise ``ValueError``; a label in ``extra``
     that names no row raises ``KeyError`` listing the rows.
@@ -171,6 +175,11 @@ def paired_comparisons(rows: Sequence[Row], n_boot: int = 10_000, level: float =
     check_labels(rows, extra)
     by_label = {row.label: row for row in rows}
     comparisons.extend(compare(by_label[label], by_label[reference]) for label, reference in extra)
+    adjusted = holm([c.get("p_seeds_pairs") for c in comparisons])
+    for c, p_holm in zip(comparisons, adjusted, strict=True):
+        if "difference" in c:
+            c["p_holm"] = p_holm
+            c["distinguishable_holm"] = None if p_holm is None else bool(p_holm < 1 - level)
     return comparisons
 
 
@@ -211,28 +220,38 @@ def _points(value: float) -> str:
     return f"{100 * value:+.2f}"
 
 
+def _p(value: float | None) -> str:
+    # the bootstrap resolves p only down to 2 / (n_boot + 1): below 0.001 more digits would say little
+    return "-" if value is None else ("< 0.001" if value < 0.001 else f"{value:.3f}")
+
+
 def _paired_markdown(comparisons: Sequence[Mapping[str, Any]]) -> str:
     header = ["Row", "vs", "Seeds", "Δ acc (points)", "per seed", "95 % CI, pairs", "95 % CI, seeds+pairs",
-              "distinguishable from 0"]
+              "distinguishable from 0", "p", "Holm p", "after Holm"]
+    verdict = {True: "yes", False: "no", None: "- (1 seed)"}
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for c in comparisons:
         if "difference" not in c:
-            lines.append(f"| `{c['row']}` | `{c['reference']}` | {_seeds_text(c['seeds'])} | {c['note']} |||||")
+            lines.append(f"| `{c['row']}` | `{c['reference']}` | {_seeds_text(c['seeds'])} | {c['note']} ||||||||")
             continue
         lines.append("| " + " | ".join([
             f"`{c['row']}`", f"`{c['reference']}`", _seeds_text(c["seeds"]), _points(c["difference"]),
             " / ".join(_points(d) for d in c["per_seed"]),
             f"[{_points(c['ci_pairs'][0])}, {_points(c['ci_pairs'][1])}]",
             f"[{_points(c['ci_seeds_pairs'][0])}, {_points(c['ci_seeds_pairs'][1])}]",
-            {True: "yes", False: "no", None: "- (1 seed)"}[c["distinguishable"]]]) + " |")
+            verdict[c["distinguishable"]], _p(c["p_seeds_pairs"]), _p(c["p_holm"]),
+            verdict[c["distinguishable_holm"]]]) + " |")
     n_boot = next((c["n_boot"] for c in comparisons if "n_boot" in c), 0)
+    family = sum(c.get("p_holm") is not None for c in comparisons)
     note = (f"\nPaired accuracy difference (the row minus the row in \"vs\": its identity row unless the pair was "
             "named with --compare) on the same seeds and the same pairs, each "
             "pair's outcome under the 10-fold protocol; the mean over seeds. Intervals: percentile bootstrap "
             f"({n_boot:,} resamples) over pairs with the trained models fixed (\"pairs\"), and over seeds and pairs "
             "(\"seeds+pairs\", which adds training noise). Distinguishable: the seeds+pairs interval excludes 0; "
-            "a row with one seed gets no verdict, its interval holding no training noise "
-            "(stn_face/evaluation/comparison.py).\n")
+            "a row with one seed gets no verdict, its interval holding no training noise. p: the two-sided "
+            "bootstrap p-value of the seeds+pairs resamples at 0; Holm p: adjusted by Holm's step-down method "
+            f"over the {family} comparisons of this table, so that \"after Holm\" (Holm p < 0.05) keeps the "
+            "chance of any false \"yes\" in the whole table below 5 % (stn_face/evaluation/comparison.py).\n")
     return "\n".join(lines) + "\n" + note
 
 
@@ -260,7 +279,8 @@ def _flat_comparison(c: Mapping[str, Any]) -> dict[str, Any]:
         flat.update(difference=c["difference"], per_seed=" ".join(f"{d:.6g}" for d in c["per_seed"]),
                     ci_pairs_low=c["ci_pairs"][0], ci_pairs_high=c["ci_pairs"][1],
                     ci_seeds_pairs_low=c["ci_seeds_pairs"][0], ci_seeds_pairs_high=c["ci_seeds_pairs"][1],
-                    distinguishable=c["distinguishable"], n_pairs=c["n_pairs"], n_boot=c["n_boot"])
+                    distinguishable=c["distinguishable"], p_seeds_pairs=c["p_seeds_pairs"], p_holm=c["p_holm"],
+                    distinguishable_holm=c["distinguishable_holm"], n_pairs=c["n_pairs"], n_boot=c["n_boot"])
     else:
         flat["note"] = c["note"]
     return flat

@@ -91,6 +91,10 @@ def test_each_learned_row_is_compared_with_its_own_identity_row(study) -> None:
     assert clean["difference"] > 0.05 and clean["distinguishable"]  # separation 1.4 vs 1.0: about +8 points
     same = comparisons["misaligned/projective"]  # the same separation: no real difference
     assert same["ci_seeds_pairs"][0] < 0 < same["ci_seeds_pairs"][1] and not same["distinguishable"]
+    # a family of two: the smaller p doubled, the larger kept (never below the smaller adjusted one)
+    assert clean["p_holm"] == pytest.approx(2 * clean["p_seeds_pairs"]) and clean["distinguishable_holm"]
+    assert same["p_holm"] == pytest.approx(max(same["p_seeds_pairs"], clean["p_holm"]))
+    assert not same["distinguishable_holm"]
 
 
 def test_report_cli_writes_the_seed_tables_and_one_curve_per_row(study, tmp_path: Path, capsys) -> None:
@@ -109,7 +113,11 @@ def test_report_cli_writes_the_seed_tables_and_one_curve_per_row(study, tmp_path
     with (out / "paired.csv").open() as handle:
         paired = {row["row"]: row for row in csv.DictReader(handle)}
     assert paired["clean/projective"]["distinguishable"] == "True"
-    assert "Distinguishable: the seeds+pairs interval excludes 0" in (out / "paired.md").read_text()
+    assert paired["clean/projective"]["distinguishable_holm"] == "True"
+    assert float(paired["misaligned/projective"]["p_holm"]) >= float(paired["misaligned/projective"]["p_seeds_pairs"])
+    markdown = (out / "paired.md").read_text()
+    assert "Distinguishable: the seeds+pairs interval excludes 0" in markdown
+    assert "over the 2 comparisons of this table" in markdown and "| Holm p | after Holm |" in markdown
     with pytest.raises(SystemExit) as exit_info:
         main([str(root), "--out", str(out), "--bootstrap", "10"])
     assert exit_info.value.code == 2
