@@ -140,6 +140,7 @@ def paired_comparisons(rows: Sequence[Row], n_boot: int = 10_000, level: float =
     differ between the two rows (another pair file or order) raise ``ValueError``; a label in ``extra``
     that names no row raises ``KeyError`` listing the rows.
     """
+    check_labels(rows, extra)  # before any run is read and scored
     cache: dict[Path, tuple[np.ndarray, np.ndarray, np.ndarray] | None] = {}
 
     def outcomes_of(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -172,7 +173,6 @@ def paired_comparisons(rows: Sequence[Row], n_boot: int = 10_000, level: float =
                          None)
         if reference is not None:
             comparisons.append(compare(row, reference))
-    check_labels(rows, extra)
     by_label = {row.label: row for row in rows}
     comparisons.extend(compare(by_label[label], by_label[reference]) for label, reference in extra)
     adjusted = holm([c.get("p_seeds_pairs") for c in comparisons])
