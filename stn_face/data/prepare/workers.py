@@ -204,7 +204,8 @@ def run_in_processes(tasks: Sequence[Task], settings: CropSettings, detector_spe
 
     A process pool that breaks (a worker killed by a crashing decoder, or by the OOM killer) does not
     end the run: the tasks that were in flight are retried one at a time in a fresh single-worker
-    pool, and a task that breaks that pool alone is recorded as ``failed``.
+    pool, one in flight at a time (a crash takes every queued task of its pool down with it), and a
+    task that breaks that pool alone is recorded as ``failed``; the others go on in a fresh pool.
     """
     context = multiprocessing.get_context("spawn")  # no fork after threads (OpenCV, torch) started
     pending: deque[Task] = deque(tasks)
@@ -215,7 +216,8 @@ def run_in_processes(tasks: Sequence[Task], settings: CropSettings, detector_spe
         n_workers = 1 if isolate else workers
         # chunks small enough that every worker gets some; one queued per worker keeps them all busy
         chunk = 1 if isolate else max(1, min(photos_per_batch, math.ceil(len(queue) / n_workers)))
-        window = 2 * n_workers
+        # isolating: one task in flight, so the task that breaks the pool is the only one lost with it
+        window = 1 if isolate else 2 * n_workers
         executor = ProcessPoolExecutor(n_workers, mp_context=context, initializer=_init_worker,
                                        initargs=(settings, detector_spec, device))
         inflight: dict[Any, list[Task]] = {}
