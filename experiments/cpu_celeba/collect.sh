@@ -4,7 +4,8 @@
 # into experiments/cpu_celeba/runs/<study>/<row>/seed<k>; the checkpoints stay in logs/. Then rebuild
 # table.md/.csv (every run), seeds.md/.csv (mean ± std across seeds), paired.md/.csv (each learned row
 # against its identity row; the landmark-aligned crops against the plain ones; projective against similarity
-# and tps against projective) and roc.png (one curve per row) with stn-face-report.
+# and tps against projective) and roc.png (one curve per row) with stn-face-report; last, README.md from
+# the words in readme/ and those tables (assemble_readme.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
@@ -33,3 +34,4 @@ PY
     --compare clean/landmarks=clean/identity \
     --compare clean/projective=clean/similarity --compare clean/tps=clean/projective \
     --compare misaligned/projective=misaligned/similarity --compare misaligned/tps=misaligned/projective
+"$PY" experiments/cpu_celeba/assemble_readme.py
