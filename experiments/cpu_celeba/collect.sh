@@ -4,7 +4,7 @@
 # into experiments/cpu_celeba/runs/<study>/<row>/seed<k>; the checkpoints stay in logs/. Then rebuild
 # table.md/.csv (every run), seeds.md/.csv (mean ± std across seeds), paired.md/.csv (each learned row
 # against its identity row; the landmark-aligned crops against the plain ones; projective against similarity
-# and tps against projective) and roc.png (one curve per row) with stn-face-report; last, README.md from
+# and tps against projective; the 3x-budget rows against their 300-step rows) and roc.png (one curve per row) with stn-face-report; last, README.md from
 # the words in readme/ and those tables (assemble_readme.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -33,5 +33,6 @@ PY
     --published "${STN_FACE_DATA:-../shared/data}/lfw/published-roc" \
     --compare clean/landmarks=clean/identity \
     --compare clean/projective=clean/similarity --compare clean/tps=clean/projective \
-    --compare misaligned/projective=misaligned/similarity --compare misaligned/tps=misaligned/projective
+    --compare misaligned/projective=misaligned/similarity --compare misaligned/tps=misaligned/projective \
+    --compare misaligned/identity_3x=misaligned/identity --compare misaligned/projective_3x=misaligned/projective
 "$PY" experiments/cpu_celeba/assemble_readme.py
