@@ -3,9 +3,10 @@
 # curve; the alignment grid and the jitter analysis of seed 42) from logs/cpu_celeba/<study>/<row>/seed<k>
 # into experiments/cpu_celeba/runs/<study>/<row>/seed<k>; the checkpoints stay in logs/. Then rebuild
 # table.md/.csv (every run), seeds.md/.csv (mean ± std across seeds), paired.md/.csv (each learned row
-# against its identity row; the landmark-aligned crops against the plain ones; projective against similarity
-# and tps against projective; the 3x-budget rows against their 300-step rows) and roc.png (one curve per row) with stn-face-report; last, README.md from
-# the words in readme/ and those tables (assemble_readme.py).
+# against its identity row; the landmark-aligned crops against the plain ones; projective against
+# similarity and tps against projective; the 3x-budget rows against their 300-step rows) and roc.png
+# (one curve per row) with stn-face-report; last, README.md from the words in readme/ and those tables
+# (assemble_readme.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}

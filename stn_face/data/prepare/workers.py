@@ -203,9 +203,9 @@ def run_in_processes(tasks: Sequence[Task], settings: CropSettings, detector_spe
     """Process tasks in ``workers`` spawned processes, in chunks of up to ``photos_per_batch``.
 
     A process pool that breaks (a worker killed by a crashing decoder, or by the OOM killer) does not
-    end the run: the tasks that were in flight are retried one at a time in a fresh single-worker
-    pool, one in flight at a time (a crash takes every queued task of its pool down with it), and a
-    task that breaks that pool alone is recorded as ``failed``; the others go on in a fresh pool.
+    end the run: the tasks that were in flight are retried in a fresh single-worker pool, one in
+    flight at a time (a crash takes every queued task of its pool down with it); a task that breaks
+    that pool alone is recorded as ``failed`` and the others go on in a fresh pool.
     """
     context = multiprocessing.get_context("spawn")  # no fork after threads (OpenCV, torch) started
     pending: deque[Task] = deque(tasks)
