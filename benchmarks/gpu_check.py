@@ -46,6 +46,7 @@ if __package__ in (None, ""):  # run as a script: make the benchmarks package im
 
 from benchmarks.common import REPO_ROOT, compose
 from stn_face.errors import InputError, friendly_errors
+from stn_face.evaluation.artifacts import read_record
 
 # seconds kept back from the benchmark for writing the JSON and for a configuration overrunning its start
 BENCH_RESERVE_S = 45.0
@@ -112,10 +113,6 @@ def run_stage(name: str, command: list[str], run_dir: Path, timeout_s: float) ->
     return stage
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def loss_curve(train_dir: Path) -> list[float]:
     """``train/loss`` at every logging step, from the CSV logger's ``metrics.csv``."""
     losses: list[float] = []
@@ -145,7 +142,7 @@ def training(args, run_dir: Path, timeout_s: float) -> dict[str, Any]:
             "eval.max_pairs_per_fold=5",
         ]
     stage = run_stage("training", command, run_dir, timeout_s)
-    metrics = read_json(train_dir / "metrics.json")
+    metrics = read_record(train_dir / "metrics.json", missing_ok=True)
     losses = loss_curve(train_dir)
     logged = metrics.get("train") or {}
     stage.update(
@@ -189,7 +186,7 @@ def evaluation(args, run_dir: Path, checkpoint: str, timeout_s: float) -> dict[s
     if args.dry_run:
         command.append("eval.max_pairs_per_fold=5")
     stage = run_stage("evaluation", command, run_dir, timeout_s)
-    metrics = read_json(eval_dir / "metrics.json")
+    metrics = read_record(eval_dir / "metrics.json", missing_ok=True)
     stage.update(
         {key: metrics.get(key) for key in ("eval", "n_pairs", "accuracy_mean", "accuracy_std", "auc")}
     )
@@ -250,7 +247,7 @@ def benchmark(args, run_dir: Path, timeout_s: float) -> dict[str, Any]:
     if args.dry_run:
         command.append("--dry-run")
     stage = run_stage("benchmark", command, run_dir, timeout_s)
-    result = read_json(out)
+    result = json.loads(out.read_text()) if out.is_file() else {}  # the GPU benchmark's own file
     stage["result"] = result
     rows = result.get("results") or []
     stage["ok"] = stage["returncode"] == 0 and bool(rows) and not any(row.get("error") for row in rows)

@@ -27,7 +27,7 @@ USAGE = ("usage: stn-face-eval ckpt=PATH eval=lfw|ytf   or   stn-face-eval embed
 def main(cfg) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    from stn_face.evaluation.artifacts import format_table, metrics_record, write_metrics, write_roc
+    from stn_face.evaluation.artifacts import format_table, run_record, write_metrics, write_roc
     from stn_face.evaluation.scoring import build_eval_set, score_checkpoint, score_embeddings
     from stn_face.paths import resolve_checkpoint
 
@@ -44,7 +44,7 @@ def main(cfg) -> dict[str, Any]:
                                                progress=bool(cfg.progress))
     else:
         metrics, pairs = score_embeddings(eval_set, embeddings_file)
-    record = metrics_record({eval_set.name: metrics}, eval_set.name, kind="eval")
+    record = run_record("eval", {eval_set.name: metrics}, [eval_set.name])
     out = Path(cfg.paths.output_dir)
     written = [write_metrics(out, record)]
     written += write_roc(out, eval_set.name, pairs, metrics, log_fpr=bool(cfg.log_fpr),

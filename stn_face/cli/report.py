@@ -17,7 +17,8 @@ from stn_face.errors import InputError
 
 @argparse_command
 def main(argv: Sequence[str] | None = None) -> int:
-    from stn_face.evaluation.report import METRICS_FILE, find_runs, table_rows, write_roc_figure, write_table
+    from stn_face.evaluation.artifacts import METRICS_FILE
+    from stn_face.evaluation.report import find_runs, table_rows, write_roc_figure, write_table
 
     parser = argparse.ArgumentParser(
         prog="stn-face-report",

@@ -6,7 +6,7 @@ aligned faces) and a list of ``n`` booleans; pair ``i`` is images ``2 i`` and ``
 scores it in 10 folds of consecutive pairs (scikit-learn's ``KFold(10, shuffle=False)``: the first
 ``n mod 10`` folds one pair longer), which is what :func:`consecutive_folds` gives. The threshold
 protocol, flip-summed features and metrics are the project's own
-(:func:`stn_face.evaluation.verification.set_metrics`), exactly as for LFW's ``pairs.txt``.
+(:func:`stn_face.evaluation.scoring.set_metrics`), exactly as for LFW's ``pairs.txt``.
 """
 
 from __future__ import annotations

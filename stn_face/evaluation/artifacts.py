@@ -1,4 +1,5 @@
-"""The one owner of a run's result files: ``metrics.json`` and ``roc_<set>.npz`` / ``roc_<set>.png``.
+"""The one owner of a run's result files: ``metrics.json`` and ``roc_<set>.npz`` / ``roc_<set>.png`` (written,
+read, and the ``metrics.json`` record built for every kind of run).
 
 ``metrics.json`` (format 1), written the same way by training, by ``train=false`` evaluation and by
 ``stn-face-eval``::
@@ -17,6 +18,7 @@
 Accuracies are fractions in [0, 1]; NaN/inf are written as ``null`` (strict JSON). :func:`read_metrics`
 reads this layout, and the layouts of files written before format 1 (``{"lfw": {...}}``, flat summaries,
 the verification callback's old ``<stage>_<set>_metrics.json``), so older run folders still report.
+Every record is built by :func:`run_record` and every reader goes through :func:`read_record`.
 """
 
 from __future__ import annotations
@@ -25,14 +27,12 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from stn_face.evaluation.verification import ScoredPairs
 from stn_face.files import atomic_write
-
-if TYPE_CHECKING:
-    from stn_face.evaluation.verification import ScoredPairs
 
 METRICS_FILE = "metrics.json"
 #: ROC file name pattern beside ``metrics.json``; ``{benchmark}`` is e.g. ``lfw`` or ``ytf``.
@@ -75,6 +75,34 @@ def metrics_record(sets: Mapping[str, Mapping[str, Any]], primary: str | None, k
     return record
 
 
+def run_record(kind: str, sets: Mapping[str, Mapping[str, Any]], order: Sequence[str], *,
+               step: int | None = None, best: Mapping[str, Any] | None = None,
+               train: Mapping[str, float] | None = None, skipped_steps: int | None = None,
+               **extra: Any) -> dict[str, Any]:
+    """The ``metrics.json`` record of any run: the one place that says which fields each kind of run has.
+
+    ``kind``: ``train`` (a training run, also the validation callback's interim file), ``validate``
+    (``train=false``: a checkpoint scored by the training job) or ``eval`` (``stn-face-eval``). The
+    primary set is the first name of ``order`` that was scored. Training and validation records carry
+    ``step`` and ``global_step`` (the optimiser step of the scored weights) and ``skipped_steps``;
+    training records the best validation per set (``best``) and, when given, the last logged training
+    values (``train``). ``eval`` records take the step from the set's own metrics (a checkpoint's step,
+    none for embeddings). ``extra`` keys are added last.
+    """
+    if kind not in ("train", "validate", "eval"):
+        raise ValueError(f"kind must be train, validate or eval, got {kind!r}")
+    primary = next((name for name in order if name in sets), None)
+    fields: dict[str, Any] = {}
+    if kind == "train":
+        fields["best"] = dict(best or {})
+        if train is not None:
+            fields["train"] = dict(train)
+    if kind != "eval":
+        fields.update(step=step, global_step=step, skipped_steps=int(skipped_steps or 0))
+    fields.update(extra)
+    return metrics_record(sets, primary, kind=kind, **fields)
+
+
 def save_metrics_json(path: str | Path, metrics: Mapping[str, Any]) -> Path:
     """Write ``metrics`` (a :func:`metrics_record`, or any mapping) as strict JSON, atomically."""
     path = Path(path)
@@ -95,8 +123,6 @@ def write_roc(output_dir: str | Path, name: str, pairs: ScoredPairs, metrics: Ma
     """``roc_<name>.npz`` (the ROC and every scored pair) and (``plot``) ``roc_<name>.png`` beside
     metrics.json; the published LFW curves are drawn behind the model's for LFW sets when
     ``published_roc_dir`` exists. Returns the files."""
-    from stn_face.evaluation.verification import save_roc_npz
-
     out = Path(output_dir)
     fpr, tpr = pairs.roc()
     written = [save_roc_npz(out / ROC_FILE.format(benchmark=name), fpr, tpr, pairs=pairs)]
@@ -114,6 +140,41 @@ def write_roc(output_dir: str | Path, name: str, pairs: ScoredPairs, metrics: Ma
     return written
 
 
+# ------------------------------------------------------------------------------------- ROC files
+def save_roc_npz(path: str | Path, fpr: Any, tpr: Any, thresholds: Any | None = None,
+                 pairs: ScoredPairs | None = None) -> Path:
+    """Write a ROC as ``.npz`` with arrays ``fpr``, ``tpr`` (and ``thresholds`` when given); with ``pairs``
+    also ``scores``, ``labels`` and ``folds``, from which every metric (and a paired comparison with
+    another model on the same pairs) can be recomputed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"fpr": np.asarray(fpr, dtype=np.float64), "tpr": np.asarray(tpr, dtype=np.float64)}
+    if thresholds is not None:
+        arrays["thresholds"] = np.asarray(thresholds, dtype=np.float64)
+    if pairs is not None:
+        arrays.update(scores=np.asarray(pairs.scores, dtype=np.float64), labels=np.asarray(pairs.labels, dtype=bool),
+                      folds=np.asarray(pairs.folds, dtype=np.int16))
+    with path.open("wb") as handle:
+        np.savez_compressed(handle, **arrays)
+    return path
+
+
+def load_roc_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``(fpr, tpr)`` from a file written by :func:`save_roc_npz`."""
+    with np.load(path) as data:
+        return np.asarray(data["fpr"]), np.asarray(data["tpr"])
+
+
+def load_pair_scores(path: str | Path) -> ScoredPairs | None:
+    """The scored pairs stored in a ROC file by :func:`save_roc_npz`, or None for a file without them
+    (written before they were stored)."""
+    with np.load(path) as data:
+        if "scores" not in data.files:
+            return None
+        return ScoredPairs(np.asarray(data["scores"]), np.asarray(data["labels"]).astype(bool),
+                           np.asarray(data["folds"]).astype(np.int64))
+
+
 # ---------------------------------------------------------------------------------------- reading
 def _file_benchmark(path: Path) -> tuple[str | None, str | None]:
     """``(stage, benchmark)`` from a file name ``[<stage>_]<benchmark>_metrics.json`` (None if absent)."""
@@ -124,6 +185,18 @@ def _file_benchmark(path: Path) -> tuple[str | None, str | None]:
     return (stage, rest or None) if stage in _STAGES else (None, stem)
 
 
+def read_record(path: str | Path, missing_ok: bool = False) -> dict[str, Any]:
+    """The whole JSON object of a metrics file (a :func:`run_record`: top-level fields included);
+    ``{}`` for an absent file with ``missing_ok``."""
+    path = Path(path)
+    if missing_ok and not path.is_file():
+        return {}
+    raw = json.loads(path.read_text())
+    if not isinstance(raw, dict):
+        raise TypeError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    return raw
+
+
 def read_metrics(path: str | Path) -> dict[str, dict[str, Any]]:
     """A metrics file as ``{set: summary}``.
 
@@ -132,9 +205,7 @@ def read_metrics(path: str | Path) -> dict[str, dict[str, Any]]:
     ``[<stage>_]<set>_metrics.json``, else ``lfw``); logged keys like ``"lfw/accuracy_mean"``.
     """
     path = Path(path)
-    raw = json.loads(path.read_text())
-    if not isinstance(raw, dict):
-        raise TypeError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    raw = read_record(path)
     result: dict[str, dict[str, Any]] = {}
     sets = raw.get("sets")
     if isinstance(sets, dict):

@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 
 from stn_face.evaluation.collect import FeatureCollector
-from stn_face.evaluation.verification import set_metrics
+from stn_face.evaluation.scoring import set_metrics
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +127,12 @@ class VerificationCallback(L.Callback):
 
     def _write_record(self, trainer, pl_module) -> None:
         """``metrics.json`` as far as the run has got (the training job rewrites it when it ends)."""
-        from stn_face.evaluation.artifacts import metrics_record, write_metrics
+        from stn_face.evaluation.artifacts import run_record, write_metrics
 
-        names = [s.name for s in self._eval_sets(trainer)]
-        primary = next((n for n in names if n in self.latest), None)
         kind = "train" if self._fitting(trainer) else "validate"
-        extra = {"best": self.best} if kind == "train" else {}
-        write_metrics(self._output_dir(trainer), metrics_record(self.latest, primary, kind=kind,
-                                                                step=self._step(trainer, pl_module), **extra))
+        record = run_record(kind, self.latest, [s.name for s in self._eval_sets(trainer)], best=self.best,
+                            step=self._step(trainer, pl_module), skipped_steps=getattr(pl_module, "skipped_steps", 0))
+        write_metrics(self._output_dir(trainer), record)
 
     # ---------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:

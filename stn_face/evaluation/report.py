@@ -23,24 +23,14 @@ from typing import Any
 
 import yaml
 
-from stn_face.evaluation.artifacts import (
-    METRICS_FILE,
-    ROC_FILE,
-    read_metrics,
-    read_run_metrics,
-    save_metrics_json,
-)
+from stn_face.evaluation.artifacts import METRICS_FILE, ROC_FILE, read_run_metrics
 
 __all__ = [
-    "METRICS_FILE",
     "PAPER_TABLE3",
-    "ROC_FILE",
     "Run",
     "benchmark",
     "find_runs",
     "percent",
-    "read_metrics",
-    "save_metrics_json",
     "table_rows",
     "write_roc_figure",
     "write_table",
@@ -179,7 +169,7 @@ def find_runs(root: str | Path) -> list[Run]:
     """Every run folder under ``root`` (a Hydra multirun folder or any folder) holding metrics files.
 
     A run folder is one holding ``metrics.json`` or ``*_metrics.json`` files (all merged, see
-    :func:`read_metrics`); folders whose files hold no verification summary are left out.
+    :func:`~stn_face.evaluation.artifacts.read_metrics`); folders whose files hold no verification summary are left out.
     """
     root = Path(root).resolve()
     by_folder: dict[Path, list[Path]] = {}
@@ -387,8 +377,8 @@ def write_roc_figure(
     published: Mapping[str, Any] | None = None,
 ) -> Path | None:
     """One ROC curve per run that has ``roc_<benchmark>.npz``; None when no run has one."""
+    from stn_face.evaluation.artifacts import load_roc_npz
     from stn_face.evaluation.plots import plot_roc
-    from stn_face.evaluation.verification import load_roc_npz
 
     root = Path(root).resolve()
     drawn = [(run, run.roc_path(benchmark)) for run in sorted(runs, key=lambda r: _sort_key(r, root))]

@@ -5,28 +5,58 @@ precomputed embeddings (an ``.npz`` of ``names`` and ``embeddings``).
 :class:`~stn_face.embedder.FaceEmbedder` (flip-summed) and scored. ``embeddings``: names are paths
 relative to the eval set's image root (e.g. ``Aaron_Peirsol/Aaron_Peirsol_0001.jpg``; for YTF frame
 paths ``Person/1/1.2.jpg`` or video names ``Person/1``), scored as given (flip-summing is the
-producer's business). The protocol is :func:`stn_face.evaluation.verification.set_metrics`.
+producer's business). The protocol is :func:`set_metrics`.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from stn_face.errors import InputError, MissingInputError
-
-if TYPE_CHECKING:
-    from stn_face.evaluation.verification import ScoredPairs
+from stn_face.evaluation.verification import ScoredPairs, evaluate_verification, l2_normalize
 
 log = logging.getLogger(__name__)
 
 
 class MissingEmbeddingsError(InputError):
     """Images named by the pair file have no embedding in the given file."""
+
+
+# ------------------------------------------------------------------------------ scoring a set
+def set_metrics(eval_set: Any, features: np.ndarray) -> tuple[dict[str, Any], ScoredPairs]:
+    """Score one :class:`~stn_face.data.eval_sets.VerificationSet` from per-item features ``(N, D)``.
+
+    Items are averaged per group (a YTF video: re-normalised mean of its normalised frame features;
+    an LFW image is a group of one), then pairs are scored by cosine similarity under the 10-fold
+    protocol. Returns the metrics dict and the :class:`ScoredPairs` (their ``roc()`` is the ROC).
+    """
+    features = l2_normalize(np.asarray(features, dtype=np.float64))
+    groups = np.zeros((len(eval_set.groups), features.shape[1]))
+    np.add.at(groups, eval_set.item_group, features)
+    groups = l2_normalize(groups)
+    pairs, labels, folds = eval_set.pair_indices()
+    scores = np.sum(groups[pairs[:, 0]] * groups[pairs[:, 1]], axis=1)
+    # Float sums differ in the last bits between batchings and devices; rounding makes a 1-process
+    # and a multi-process evaluation score the very same pairs the same way.
+    scores = np.round(scores, 6)
+    metrics = evaluate_verification(scores, labels, folds)
+    metrics["skipped_pairs"] = int(getattr(eval_set, "skipped_pairs", 0))
+    # what was scored, so a result file says it without the config: the set, its pair file and any limit
+    metrics["eval"] = getattr(eval_set, "name", None)
+    pairs_file = getattr(eval_set, "pairs_file", None)
+    metrics["pairs_file"] = None if pairs_file is None else str(pairs_file)
+    metrics["max_pairs_per_fold"] = getattr(eval_set, "max_pairs_per_fold", None)
+    # people the model was trained on (None: not checked, e.g. embeddings of an unknown model)
+    overlap = getattr(eval_set, "pairs_with_training_identities", None)
+    metrics["pairs_with_training_identities"] = overlap
+    metrics["excluded_pairs"] = int(getattr(eval_set, "excluded_pairs", 0))
+    metrics["identity_overlap_allowed"] = bool(overlap and not metrics["excluded_pairs"])
+    return metrics, ScoredPairs(scores, labels, np.asarray(folds).ravel())
 
 
 # ------------------------------------------------------------------------------------ eval sets
@@ -152,8 +182,6 @@ def score_checkpoint(eval_set, ckpt: str | Path, device: str = "cpu", crop: dict
     except ValueError as error:  # nothing left to score
         raise InputError(str(error)) from None
     from stn_face.embedder import FaceEmbedder
-    from stn_face.evaluation.verification import set_metrics
-
     embedder = FaceEmbedder.from_checkpoint(ckpt, device=device)
     eval_set.check_training_identities(embedder.class_names)
     eval_set.prepare(crop or embedder.crop_settings, workers=prepare_workers, progress=progress)
@@ -166,8 +194,6 @@ def score_checkpoint(eval_set, ckpt: str | Path, device: str = "cpu", crop: dict
 
 def score_embeddings(eval_set, embeddings_file: str | Path) -> tuple[dict[str, Any], ScoredPairs]:
     """Score ``eval_set`` from an ``.npz`` of ``names`` and ``embeddings``; returns ``(metrics, ScoredPairs)``."""
-    from stn_face.evaluation.verification import set_metrics
-
     names, embeddings = load_embeddings(embeddings_file)
     features = attach_embeddings(eval_set, names, embeddings, str(embeddings_file))
     metrics, pairs = set_metrics(eval_set, features)

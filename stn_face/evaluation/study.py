@@ -108,7 +108,8 @@ def median_seed(row: Row) -> int | None:
 
 def _outcomes(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(correct, labels, folds) of the run's LFW pairs, or None when its ROC file holds no pairs."""
-    from stn_face.evaluation.verification import kfold_correct, load_pair_scores
+    from stn_face.evaluation.artifacts import load_pair_scores
+    from stn_face.evaluation.verification import kfold_correct
 
     path = run.roc_path("lfw")
     pairs = None if path is None else load_pair_scores(path)
@@ -291,8 +292,8 @@ def write_study(rows: Sequence[Row], out_dir: str | Path, far: str = "1e-3",
                 compare: Sequence[tuple[str, str]] = ()) -> list[Path]:
     """``seeds.md``/``.csv``, ``paired.md``/``.csv`` (learned rows against their identity rows, then the
     ``compare`` pairs) and ``roc.png`` (one curve per row: its median seed)."""
+    from stn_face.evaluation.artifacts import load_roc_npz
     from stn_face.evaluation.plots import plot_roc
-    from stn_face.evaluation.verification import load_roc_npz
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

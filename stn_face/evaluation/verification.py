@@ -26,7 +26,6 @@ Plain numpy (no torch), so any model's embeddings can be scored. The protocol, s
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -45,11 +44,8 @@ __all__ = [
     "kfold_accuracy",
     "kfold_correct",
     "l2_normalize",
-    "load_pair_scores",
-    "load_roc_npz",
     "pair_scores",
     "roc_curve",
-    "save_roc_npz",
     "tar_at_far",
     "ytf_video_features",
 ]
@@ -381,7 +377,7 @@ def evaluate_verification(
     ({"1e-2": {"pooled": bool, "per_fold": bool}, ...}), ``n_pairs``, ``n_same``, ``n_diff``,
     ``n_folds``, ``negatives_per_fold``, ``protocol`` (the protocol in words). Accuracies are
     fractions in [0, 1]. The ROC arrays are not included: get them from :func:`roc_curve` (and save
-    them with :func:`save_roc_npz`).
+    them with :func:`stn_face.evaluation.artifacts.save_roc_npz`).
 
     With ``folds`` None or a single fold, no held-out accuracy exists: ``accuracy_mean`` is then the
     accuracy at ``best_threshold`` (optimistic), ``accuracy_std`` is 0 and ``accuracy_sem`` None.
@@ -444,7 +440,7 @@ def evaluate_verification(
 
 
 # --------------------------------------------------------------------------------------------------
-# ROC files: the convention is ``roc_<benchmark>.npz`` (e.g. ``roc_lfw.npz``) beside ``metrics.json``
+# Scored pairs (the ROC files that store them are :mod:`stn_face.evaluation.artifacts`)
 
 
 class ScoredPairs(NamedTuple):
@@ -461,72 +457,3 @@ class ScoredPairs(NamedTuple):
             return np.zeros(0), np.zeros(0)
         fpr, tpr, _ = roc_curve(self.scores, self.labels)
         return fpr, tpr
-
-
-def save_roc_npz(path: str | Path, fpr: Any, tpr: Any, thresholds: Any | None = None,
-                 pairs: ScoredPairs | None = None) -> Path:
-    """Write a ROC as ``.npz`` with arrays ``fpr``, ``tpr`` (and ``thresholds`` when given); with ``pairs``
-    also ``scores``, ``labels`` and ``folds``, from which every metric (and a paired comparison with
-    another model on the same pairs) can be recomputed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"fpr": np.asarray(fpr, dtype=np.float64), "tpr": np.asarray(tpr, dtype=np.float64)}
-    if thresholds is not None:
-        arrays["thresholds"] = np.asarray(thresholds, dtype=np.float64)
-    if pairs is not None:
-        arrays.update(scores=np.asarray(pairs.scores, dtype=np.float64), labels=np.asarray(pairs.labels, dtype=bool),
-                      folds=np.asarray(pairs.folds, dtype=np.int16))
-    with path.open("wb") as handle:
-        np.savez_compressed(handle, **arrays)
-    return path
-
-
-def load_roc_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``(fpr, tpr)`` from a file written by :func:`save_roc_npz`."""
-    with np.load(path) as data:
-        return np.asarray(data["fpr"]), np.asarray(data["tpr"])
-
-
-def load_pair_scores(path: str | Path) -> ScoredPairs | None:
-    """The scored pairs stored in a ROC file by :func:`save_roc_npz`, or None for a file without them
-    (written before they were stored)."""
-    with np.load(path) as data:
-        if "scores" not in data.files:
-            return None
-        return ScoredPairs(np.asarray(data["scores"]), np.asarray(data["labels"]).astype(bool),
-                           np.asarray(data["folds"]).astype(np.int64))
-
-
-# --------------------------------------------------------------------------------------------------
-# Scoring an evaluation set (duck-typed: any object with groups, item_group, pair_indices())
-
-
-def set_metrics(eval_set: Any, features: np.ndarray) -> tuple[dict[str, Any], ScoredPairs]:
-    """Score one :class:`~stn_face.data.eval_sets.VerificationSet` from per-item features ``(N, D)``.
-
-    Items are averaged per group (a YTF video: re-normalised mean of its normalised frame features;
-    an LFW image is a group of one), then pairs are scored by cosine similarity under the 10-fold
-    protocol. Returns the metrics dict and the :class:`ScoredPairs` (their ``roc()`` is the ROC).
-    """
-    features = l2_normalize(np.asarray(features, dtype=np.float64))
-    groups = np.zeros((len(eval_set.groups), features.shape[1]))
-    np.add.at(groups, eval_set.item_group, features)
-    groups = l2_normalize(groups)
-    pairs, labels, folds = eval_set.pair_indices()
-    scores = np.sum(groups[pairs[:, 0]] * groups[pairs[:, 1]], axis=1)
-    # Float sums differ in the last bits between batchings and devices; rounding makes a 1-process
-    # and a multi-process evaluation score the very same pairs the same way.
-    scores = np.round(scores, 6)
-    metrics = evaluate_verification(scores, labels, folds)
-    metrics["skipped_pairs"] = int(getattr(eval_set, "skipped_pairs", 0))
-    # what was scored, so a result file says it without the config: the set, its pair file and any limit
-    metrics["eval"] = getattr(eval_set, "name", None)
-    pairs_file = getattr(eval_set, "pairs_file", None)
-    metrics["pairs_file"] = None if pairs_file is None else str(pairs_file)
-    metrics["max_pairs_per_fold"] = getattr(eval_set, "max_pairs_per_fold", None)
-    # people the model was trained on (None: not checked, e.g. embeddings of an unknown model)
-    overlap = getattr(eval_set, "pairs_with_training_identities", None)
-    metrics["pairs_with_training_identities"] = overlap
-    metrics["excluded_pairs"] = int(getattr(eval_set, "excluded_pairs", 0))
-    metrics["identity_overlap_allowed"] = bool(overlap and not metrics["excluded_pairs"])
-    return metrics, ScoredPairs(scores, labels, np.asarray(folds).ravel())

@@ -152,17 +152,14 @@ def use_checkpoint_network(cfg: DictConfig, ckpt: dict[str, Any]) -> None:
 def collect_metrics(trainer: L.Trainer, callbacks: list, model, primary: str | None, kind: str) -> dict[str, Any]:
     """The run's ``metrics.json`` record: the sets scored in this run (the primary one at the top), the best
     per set (training), the final logged training values and the step of the scored weights."""
-    from stn_face.evaluation.artifacts import metrics_record
+    from stn_face.evaluation.artifacts import run_record
     from stn_face.evaluation.callbacks import VerificationCallback
 
     verification = next((c for c in callbacks if isinstance(c, VerificationCallback)), None)
     sets = dict(verification.latest) if verification is not None else {}
-    extra: dict[str, Any] = {}
-    if kind == "train":
-        extra["best"] = verification.best if verification is not None else {}
-        extra["train"] = {k: float(v) for k, v in trainer.callback_metrics.items()
-                          if k.startswith(("train/", "transform/")) and v.numel() == 1}
-    extra["step"] = trainer.global_step if kind == "train" else model.loaded_step
-    extra["global_step"] = extra["step"]
-    extra["skipped_steps"] = getattr(model, "skipped_steps", 0)
-    return metrics_record(sets, primary if primary in sets else None, kind=kind, **extra)
+    train = {k: float(v) for k, v in trainer.callback_metrics.items()
+             if k.startswith(("train/", "transform/")) and v.numel() == 1} if kind == "train" else None
+    return run_record(kind, sets, [primary] if primary else [],
+                      best=verification.best if verification is not None else {}, train=train,
+                      step=trainer.global_step if kind == "train" else model.loaded_step,
+                      skipped_steps=getattr(model, "skipped_steps", 0))

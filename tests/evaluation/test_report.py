@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +11,9 @@ import yaml
 from matplotlib.image import imread
 
 from stn_face.cli.report import main
-from stn_face.evaluation.artifacts import read_metrics, save_metrics_json
+from stn_face.evaluation.artifacts import save_metrics_json, save_roc_npz
 from stn_face.evaluation.report import find_runs
-from stn_face.evaluation.verification import evaluate_verification, roc_curve, save_roc_npz
+from stn_face.evaluation.verification import evaluate_verification, roc_curve
 
 SEPARATIONS = {"identity": 1.0, "similarity": 1.5, "affine": 2.0, "projective": 2.5}
 
@@ -157,18 +156,6 @@ def test_report_cli_writes_table_and_roc(multirun, tmp_path: Path, capsys) -> No
     assert "98.01 / 93.4" in table and "99.24 / 94.6" in table and "population std" in table
     image = imread(out / "roc.png")
     assert image.ndim == 3 and image[..., :3].std() > 0.01
-
-
-def test_metrics_layouts(tmp_path: Path) -> None:
-    path = tmp_path / "metrics.json"
-    path.write_text(
-        json.dumps({"lfw/accuracy_mean": 0.9, "lfw/auc": 0.95, "ytf/accuracy_mean": 0.8, "epoch": 3})
-    )
-    assert read_metrics(path) == {"lfw": {"accuracy_mean": 0.9, "auc": 0.95}, "ytf": {"accuracy_mean": 0.8}}
-    path.write_text(json.dumps({"accuracy_mean": 0.7, "benchmark": "ytf"}))
-    assert set(read_metrics(path)) == {"ytf"}
-    save_metrics_json(path, {"lfw": {"x": np.float64("nan"), "y": np.arange(2)}})
-    assert json.loads(path.read_text()) == {"lfw": {"x": None, "y": [0, 1]}}
 
 
 def test_report_empty_folder(tmp_path: Path, capsys) -> None:

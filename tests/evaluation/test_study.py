@@ -10,15 +10,10 @@ import pytest
 import yaml
 
 from stn_face.cli.report import main
-from stn_face.evaluation.artifacts import metrics_record, write_metrics
+from stn_face.evaluation.artifacts import metrics_record, save_roc_npz, write_metrics
 from stn_face.evaluation.report import find_runs
 from stn_face.evaluation.study import group_by_seed, median_seed, paired_comparisons, row_summaries
-from stn_face.evaluation.verification import (
-    ScoredPairs,
-    evaluate_verification,
-    load_pair_scores,
-    save_roc_npz,
-)
+from stn_face.evaluation.verification import ScoredPairs, evaluate_verification
 
 LABELS = np.tile(np.repeat([True, False], 300), 10)  # 6,000 pairs in 10 folds of 300 + 300, like View 2
 FOLDS = np.repeat(np.arange(10), 600)
@@ -122,17 +117,6 @@ def test_report_cli_writes_the_seed_tables_and_one_curve_per_row(study, tmp_path
         main([str(root), "--out", str(out), "--bootstrap", "10"])
     assert exit_info.value.code == 2
     assert "too few resamples" in capsys.readouterr().err
-
-
-def test_stored_pairs_round_trip(tmp_path: Path) -> None:
-    scores = np.random.default_rng(1).normal(size=6000)
-    pairs = ScoredPairs(scores, LABELS, FOLDS)
-    save_roc_npz(tmp_path / "roc_lfw.npz", *pairs.roc(), pairs=pairs)
-    loaded = load_pair_scores(tmp_path / "roc_lfw.npz")
-    assert np.array_equal(loaded.scores, scores) and np.array_equal(loaded.labels, LABELS)
-    assert np.array_equal(loaded.folds, FOLDS)
-    save_roc_npz(tmp_path / "old.npz", *pairs.roc())
-    assert load_pair_scores(tmp_path / "old.npz") is None
 
 
 def test_a_named_pair_of_rows_is_compared_too(study, tmp_path: Path, capsys) -> None:
