@@ -7,17 +7,40 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export STN_FACE_DATA ?= $(abspath ../shared/data)
 ARGS ?=
 
-.PHONY: install train smoke test test-fast lint bench gpu-check sweep report data clean
+LATEST_VENV ?= .venv-latest
+# An environment made by `make install` holds exactly constraints.txt (tests/test_packaging.py checks it).
+export STN_FACE_LOCKED_ENV ?= $(abspath $(VENV))
 
-$(STAMP): pyproject.toml setup.py
+.PHONY: install train smoke test test-fast test-latest lock lint bench gpu-check sweep report data clean
+
+$(STAMP): pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: a range would pull a multi-GB CUDA build on CPU-only machines
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,slurm]'
+	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+	# the tested versions of everything else (constraints.txt), then what none of them pins away
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,slurm]'
+	$(PY) -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
+
+test-latest:  ## the fast tests on the newest versions pyproject.toml allows, in $(LATEST_VENV) (what the scheduled CI job runs)
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev,slurm]'
+	$(LATEST_VENV)/bin/python -m pip check
+	@echo "versions that differ from constraints.txt (locked -> newest):"
+	@$(LATEST_VENV)/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip==' | sed 's/+cpu$$//' | sort -f > $(LATEST_VENV)/freeze.txt
+	@grep -v '^#' constraints.txt | sort -f | diff - $(LATEST_VENV)/freeze.txt | grep '^[<>]' || echo "  none"
+	STN_FACE_LOCKED_ENV= $(LATEST_VENV)/bin/python -m pytest -q -m "not slow" $(ARGS)
+
+lock:  ## rewrite constraints.txt from $(LATEST_VENV) (after make test-latest and the whole suite pass there)
+	@test -f $(LATEST_VENV)/freeze.txt || { echo "error: run make test-latest first"; exit 2; }
+	{ grep '^#' constraints.txt; cat $(LATEST_VENV)/freeze.txt; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 train: install  ## the main job: prepare LFW View 1 (cached) and train the small model on the CPU
 	$(VENV)/bin/stn-face-train $(ARGS)
@@ -50,4 +73,4 @@ data: install  ## download LFW (images + official pair files) with checksum veri
 	$(VENV)/bin/stn-face-data $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST_VENV) .pytest_cache .ruff_cache

