@@ -106,7 +106,18 @@ class IBasicBlock(nn.Module):
 
 
 class IResNet(nn.Module):
-    """IResNet (Deng et al., ArcFace): ``layers = (3, 4, 14, 3)`` is IResNet-50, (2, 2, 2, 2) IResNet-18."""
+    """IResNet (Deng et al., ArcFace) as insightface's arcface_torch builds it: ``layers`` blocks per
+    stage, (2, 2, 2, 2) IResNet-18, (3, 4, 6, 3) -34, (3, 4, 14, 3) -50, (3, 13, 30, 3) -100.
+
+    ``weights``: an arcface_torch ``backbone.pth`` (or a state dict in this class's layout) to start from,
+    read by :func:`stn_face.nn.pretrained.load_pretrained`, not here. A network built for such weights
+    has arcface_torch's embedding BatchNorm (``features``: affine with its weight frozen at 1 and a
+    learned bias) so that it computes what arcface_torch's does; ``embedding_bn_affine`` applies to
+    one trained from scratch. The input is RGB ``(x / 255 - 0.5) / 0.5``, as arcface_torch's and the
+    data pipeline's.
+    """
+
+    pretrained_format = "arcface_torch"
 
     def __init__(
         self,
@@ -116,8 +127,11 @@ class IResNet(nn.Module):
         dropout: float = 0.0,
         embedding_bn_affine: bool = False,
         input_size: int = 112,
+        weights: str | None = None,
     ) -> None:
         super().__init__()
+        self.layers = tuple(int(n) for n in layers)
+        self.weights = weights
         self.stem = nn.Sequential(_conv3x3(3, widths[0]), nn.BatchNorm2d(widths[0]), nn.PReLU(widths[0]))
         blocks: list[nn.Module] = []
         channels = widths[0]
@@ -128,9 +142,12 @@ class IResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         spatial = input_size // (2 ** len(layers))
         self.head = EmbeddingHead(channels, spatial, embedding_size, dropout, bn2d=True,
-                                  affine=embedding_bn_affine)
+                                  affine=embedding_bn_affine or weights is not None)
         self.embedding_size = embedding_size
         _init_weights(self)
+        if weights is not None:  # arcface_torch's `features`: weight 1, not trained
+            nn.init.ones_(self.head.bn1d.weight)
+            self.head.bn1d.weight.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)))
