@@ -125,12 +125,12 @@ def _build_one(family: str, out: Path, small: Path) -> Path:
 def view2_subset(data_dir: Path, per_fold: int, root: Path) -> tuple[Path, list[str]]:
     """The prepared crops of the first ``per_fold`` same and different View 2 pairs of every fold, linked
     into ``root/<Name>/<Name_0001.jpg>`` (an image root of crops, nothing copied)."""
-    from stn_face.data.eval_sets import _first_per_fold
+    from stn_face.data.eval_sets import first_per_fold
     from stn_face.data.prepare import prepare_collection
     from stn_face.data.protocols import read_lfw_pairs, unique_images
     from stn_face.paths import cache_dir
 
-    names = unique_images(_first_per_fold(read_lfw_pairs(data_dir / "lfw" / "pairs.txt"), per_fold))
+    names = unique_images(first_per_fold(read_lfw_pairs(data_dir / "lfw" / "pairs.txt"), per_fold))
     prepared = cache_dir() / "prepared" / "lfw-crop128"
     prepare_collection(data_dir / "lfw" / "lfw-deepfunneled", prepared, files=names, workers=2, progress=False,
                        replace_stale=True)

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from stn_face.data.eval_sets import VerificationSet, _first_per_fold
+from stn_face.data.eval_sets import VerificationSet, first_per_fold, register_protocol
 from stn_face.data.protocols import Pair
 from stn_face.errors import InputError, MissingInputError
 from stn_face.files import atomic_write
@@ -105,7 +105,7 @@ def pack_pairs(pairs_file: str | Path, image_root: str | Path, output: str | Pat
 
     pairs = read_lfw_pairs(pairs_file)
     if max_pairs_per_fold is not None:
-        pairs = _first_per_fold(pairs, max_pairs_per_fold)
+        pairs = first_per_fold(pairs, max_pairs_per_fold)
     check_images_exist(pairs, image_root, "lfw")
     root = Path(image_root)
     images = [(root / name).read_bytes() for pair in pairs for name in (pair.left, pair.right)]
@@ -122,6 +122,7 @@ def consecutive_folds(n_pairs: int, n_folds: int = 10) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- the eval set
+@register_protocol("bin")
 @dataclass
 class BinVerificationSet(VerificationSet):
     """A verification ``.bin`` (``pairs_file``; ``path`` is its config alias) scored like ``pairs.txt``.
@@ -144,13 +145,19 @@ class BinVerificationSet(VerificationSet):
     _files: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.protocol != "bin":
-            raise ValueError(f"BinVerificationSet {self.name!r} needs protocol=bin, got {self.protocol!r}")
+        super().__post_init__()
         self.pairs_file = self.pairs_file or self.path
         if not self.name:
             self.name = Path(str(self.pairs_file)).stem if self.pairs_file else "bin"
 
-    def load(self) -> BinVerificationSet:
+    @classmethod
+    def missing_file_hint(cls, options: dict[str, Any]) -> str:
+        given = f"{options['pairs_file']} does not exist; " if options.get("pairs_file") else ""
+        return (f"{given}eval=bin needs eval.path=FILE.bin, an insightface verification .bin such as lfw.bin "
+                "(`stn-face-pack bin` makes one from a pair file and images)")
+
+    def read_pairs(self) -> list[Pair]:
+        """The file's pairs, named by image index (``0000``, ``0001``, ...), in ``n_folds`` consecutive folds."""
         if self.bin_dir:
             raise InputError(f"eval.bin_dir={self.bin_dir} names a folder of .bin files, which stn-face-train expands "
                              "into one set each; to score one file give eval.path=FILE.bin instead")
@@ -161,12 +168,13 @@ class BinVerificationSet(VerificationSet):
         width = len(str(len(images) - 1))
         names = [f"{i:0{width}d}" for i in range(len(images))]
         folds = consecutive_folds(len(issame), self.n_folds)
-        pairs = [Pair(names[2 * i], names[2 * i + 1], bool(same), int(fold))
-                 for i, (same, fold) in enumerate(zip(issame, folds))]
-        if self.max_pairs_per_fold is not None:
-            pairs = _first_per_fold(pairs, self.max_pairs_per_fold)
-        self.sources = self.set_pairs(pairs, lambda group: [group])
-        self._encoded = {name: images[int(name)] for name in self.sources}
+        self._encoded = dict(zip(names, images))
+        return [Pair(names[2 * i], names[2 * i + 1], bool(same), int(fold))
+                for i, (same, fold) in enumerate(zip(issame, folds))]
+
+    def load(self) -> BinVerificationSet:
+        self.sources = self.set_pairs(self.protocol_pairs(), self.members)
+        self._encoded = {name: self._encoded[name] for name in self.sources}
         self._files = {name: name + _extension(data) for name, data in self._encoded.items()}
         return self
 

@@ -1,18 +1,29 @@
-"""Verification sets: a protocol file, the images it names, and their prepared crops.
+"""Verification sets: a protocol file, the images it names, and their prepared crops; and the registry
+of verification protocols.
 
 A :class:`VerificationSet` turns a pair file into what an embedder needs: a flat list of crop
 paths (``items``), which group each item belongs to (an LFW image is its own group, a YTF video
-groups its frames) and the pairs as group indices. Images go through the same MTCNN crop as
-training images; the prepared crops are cached and reused between runs.
+groups its frames, a template of a template-based protocol groups its images) and the pairs as group
+indices. Images go through the same MTCNN crop as training images; the prepared crops are cached and
+reused between runs.
+
+A protocol is a subclass registered by name (:func:`register_protocol`): it knows how to read its file
+(:meth:`~VerificationSet.read_pairs`), which items a group needs (:meth:`~VerificationSet.members`),
+which groups an embeddings row counts for (:meth:`~VerificationSet.embedding_groups`) and what a group
+is called. ``VerificationSet(protocol=NAME, ...)`` builds the registered class, so a config names a
+protocol without naming its class. LFW pairs live here; YouTube Faces splits in
+:mod:`stn_face.data.ytf_sets`, insightface ``.bin`` files in :mod:`stn_face.data.bin_sets`. A new
+format is one module (a registered subclass) plus one ``conf/eval`` file; nothing else names it.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -21,25 +32,71 @@ from stn_face.data.protocols import (
     check_images_exist,
     filter_available,
     read_lfw_pairs,
-    read_ytf_splits,
     unique_images,
 )
 from stn_face.errors import InputError, MissingInputError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+S = TypeVar("S", bound="VerificationSet")
 
 
 class IdentityOverlapError(InputError):
     """An evaluation set shares people with the model's training set (see ``check_training_identities``)."""
 
 
-FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
+class MissingEmbeddingsError(InputError):
+    """Images named by the pair file have no embedding in the given file."""
+
+
+# ------------------------------------------------------------------------------------------ registry
+_PROTOCOLS: dict[str, type[VerificationSet]] = {}
+#: the modules of the protocols that ship with the package, imported on first use of their name
+_BUILT_IN = {"ytf": "stn_face.data.ytf_sets", "bin": "stn_face.data.bin_sets"}
+
+
+def register_protocol(name: str) -> Callable[[type[S]], type[S]]:
+    """Class decorator: make a :class:`VerificationSet` subclass the protocol ``name``
+    (``eval.protocol=name``)."""
+
+    def register(cls: type[S]) -> type[S]:
+        if not (isinstance(cls, type) and issubclass(cls, VerificationSet)):
+            raise TypeError(f"protocol {name!r} must be a VerificationSet subclass, got {cls!r}")
+        cls.protocol_name = name
+        _PROTOCOLS[name] = cls
+        return cls
+
+    return register
+
+
+def protocol_class(name: str) -> type[VerificationSet]:
+    """The class registered as protocol ``name``; a :class:`ValueError` naming the known ones otherwise."""
+    if name not in _PROTOCOLS and name in _BUILT_IN:
+        importlib.import_module(_BUILT_IN[name])
+    if name not in _PROTOCOLS:
+        known = ", ".join(sorted(set(_PROTOCOLS) | set(_BUILT_IN)))
+        raise ValueError(f"unknown verification protocol {name!r}; the registered ones are: {known}")
+    return _PROTOCOLS[name]
+
+
+def missing_file_hint(options: dict[str, Any]) -> str:
+    """What to say when the protocol file of the eval options ``options`` does not exist."""
+    try:
+        cls = protocol_class(str(options.get("protocol")))
+    except ValueError:
+        cls = VerificationSet
+    return cls.missing_file_hint(options)
+
+
+def registered_protocols() -> list[str]:
+    """The names of every protocol known now (the built-in ones included)."""
+    return sorted(set(_PROTOCOLS) | set(_BUILT_IN))
 
 
 @dataclass
 class VerificationSet:
-    """One evaluation protocol (``protocol`` is ``lfw`` or ``ytf``) over images under ``image_root``.
+    """One evaluation protocol (``protocol``: a registered name, :func:`registered_protocols`) over
+    images under ``image_root``; ``VerificationSet(protocol=...)`` builds the protocol's class.
 
     ``prepared_root`` receives the face crops; ``max_pairs`` keeps the first pairs of every fold
     (quick checks); ``max_frames`` evenly subsamples each YTF video; ``allow_missing`` scores only
@@ -74,32 +131,96 @@ class VerificationSet:
     item_group: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), init=False)
     items: list[Path] = field(default_factory=list, init=False)
 
-    def __post_init__(self) -> None:
-        if self.protocol not in ("lfw", "ytf"):
-            raise ValueError(f"unknown protocol {self.protocol!r} for eval set {self.name!r}; use lfw or ytf")
+    #: the registered name (set by :func:`register_protocol`)
+    protocol_name: ClassVar[str] = ""
+    #: what a group is, in messages ("images", "videos", "templates")
+    group_noun: ClassVar[str] = "images"
+    #: what a path of a pair names under the image root: an image ``file`` or a ``folder`` of frames
+    group_path: ClassVar[str] = "image"
 
-    @property
-    def kind(self) -> str:
-        return "video" if self.protocol == "ytf" else "lfw"
+    def __new__(cls, *args: Any, **kwargs: Any) -> VerificationSet:
+        if cls is VerificationSet:  # the protocol chooses the class
+            cls = protocol_class(kwargs["protocol"] if "protocol" in kwargs else args[1])
+        return super().__new__(cls)
+
+    def __post_init__(self) -> None:
+        if protocol_class(self.protocol) is not type(self):
+            raise ValueError(f"eval set {self.name!r}: protocol {self.protocol!r} is not {type(self).__name__}'s "
+                             f"({self.protocol_name!r})")
+
+    # ------------------------------------------------------------------- what a protocol defines
+    def read_pairs(self) -> list[Pair]:
+        """Every pair of the protocol file, in file order (paths relative to ``image_root``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how to read {self.pairs_file}")
+
+    def members(self, group: str) -> list[str]:
+        """The items (paths under ``image_root``) of one group: an image is its own only item."""
+        return [group]
+
+    def embedding_groups(self, name: str) -> list[str]:
+        """The groups a row of an embeddings file named ``name`` counts for (an image: itself)."""
+        return [name]
+
+    @classmethod
+    def missing_file_hint(cls, options: dict[str, Any]) -> str:
+        """What to say when the protocol file ``options["pairs_file"]`` does not exist."""
+        path = Path(str(options.get("pairs_file") or "")).expanduser()
+        return f"pair file not found: {path}; pass eval.pairs=PATH (an LFW pairs.txt or a YTF splits.txt)"
+
+    # ------------------------------------------------------------------------------ the steps
+    def protocol_pairs(self) -> list[Pair]:
+        """:meth:`read_pairs`, limited to the first ``max_pairs_per_fold`` same and different pairs of a fold."""
+        pairs = self.read_pairs()
+        if self.max_pairs_per_fold is not None:
+            pairs = first_per_fold(pairs, self.max_pairs_per_fold)
+        return pairs
 
     def load(self) -> VerificationSet:
         """Read the pairs, check what exists, and list the source images needed (no image is opened)."""
-        pairs = read_ytf_splits(self.pairs_file) if self.protocol == "ytf" else read_lfw_pairs(self.pairs_file)
-        if self.max_pairs_per_fold is not None:
-            pairs = _first_per_fold(pairs, self.max_pairs_per_fold)
+        pairs = self.protocol_pairs()
         if self.allow_missing:
-            kept = filter_available(pairs, self.image_root, self.kind)
+            kept = filter_available(pairs, self.image_root, self.group_path)
             self.skipped_pairs = len(pairs) - len(kept)
             if self.skipped_pairs:
-                log.warning("%s: %d of %d pairs skipped because their images/videos are missing under %s",
-                            self.name, self.skipped_pairs, len(pairs), self.image_root)
+                log.warning("%s: %d of %d pairs skipped because their %s are missing under %s",
+                            self.name, self.skipped_pairs, len(pairs), self.group_noun, self.image_root)
             pairs = kept
         else:
-            check_images_exist(pairs, self.image_root, self.kind)
+            check_images_exist(pairs, self.image_root, self.group_path)
         if not pairs:
             raise ValueError(f"{self.name}: no pair of {self.pairs_file} can be scored under {self.image_root}")
-        self.sources = self.set_pairs(pairs, self._frames if self.protocol == "ytf" else lambda group: [group])
+        self.sources = self.set_pairs(pairs, self.members)
         return self
+
+    def use_embeddings(self, names: Sequence[str], source: str) -> list[int]:
+        """Use the rows of an embeddings file instead of crops: returns, item after item, the row of each.
+
+        A group takes every row whose name is one of its :meth:`embedding_groups`. Pairs with a group
+        that has no row are an error naming how many and the first few, or skipped (``skipped_pairs``)
+        with ``allow_missing``.
+        """
+        pairs = self.protocol_pairs()
+        rows: dict[str, list[int]] = {}
+        for index, name in enumerate(names):
+            for group in self.embedding_groups(_clean_name(name)):
+                rows.setdefault(group, []).append(index)
+        wanted = unique_images(pairs)
+        missing = [group for group in wanted if group not in rows]
+        if missing and not self.allow_missing:
+            raise MissingEmbeddingsError(
+                f"{len(missing)} of {len(wanted)} {self.group_noun} named by {self.pairs_file} have no embedding in "
+                f"{source} (first: {', '.join(missing[:3])}); names must be paths relative to the image root, like "
+                f"{wanted[0]}; or pass eval.allow_missing=true to score only the pairs present")
+        if missing:
+            absent = set(missing)
+            kept = [p for p in pairs if p.left not in absent and p.right not in absent]
+            self.skipped_pairs = len(pairs) - len(kept)
+            log.warning("%s: %d of %d pairs skipped because %d %s have no embedding", self.name,
+                        self.skipped_pairs, len(pairs), len(missing), self.group_noun)
+            pairs = kept
+        if not pairs:
+            raise MissingEmbeddingsError(f"no pair of {self.pairs_file} can be scored from {source}")
+        return self.set_pairs(pairs, rows.__getitem__)
 
     def set_pairs(self, pairs: list[Pair], members: Callable[[str], list[T]]) -> list[T]:
         """Use ``pairs``: set ``groups`` (their images/videos, first-seen order) and ``item_group``.
@@ -139,8 +260,7 @@ class VerificationSet:
             self.excluded_pairs = len(self.pairs) - len(kept)
             log.warning("%s: %d of %d pairs (%d same-person) involve training identities and are excluded",
                         self.name, self.excluded_pairs, len(self.pairs), same)
-            members = self._frames if self.protocol == "ytf" else (lambda group: [group])
-            self.sources = self.set_pairs(kept, members)
+            self.sources = self.set_pairs(kept, self.members)
             return self
         if self.allow_identity_overlap:
             log.warning("%s: %d of %d pairs involve training identities (allowed: the result is marked)",
@@ -152,17 +272,6 @@ class VerificationSet:
             "disjoint set (e.g. eval=lfw_view1, the DevTest pairs, for a model trained on LFW View 1), or "
             "eval.exclude_training_identities=true to score only the disjoint pairs, or "
             "eval.allow_identity_overlap=true to score all of them knowingly (marked in the results)")
-
-    def _frames(self, video: str) -> list[str]:
-        folder = Path(self.image_root) / video
-        frames = sorted((p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS),
-                        key=lambda p: _frame_number(p.name))
-        if not frames:
-            raise MissingInputError(f"YTF video folder {folder} holds no frames")
-        if self.max_frames is not None and len(frames) > self.max_frames:
-            picks = np.linspace(0, len(frames) - 1, self.max_frames).round().astype(int)
-            frames = [frames[i] for i in picks]
-        return [f"{video}/{p.name}" for p in frames]
 
     def prepare(self, crop: dict[str, Any], workers: int = 2, progress: bool = True) -> None:
         """Detect and crop every needed image into ``prepared_root`` (cached: done files are skipped)."""
@@ -202,7 +311,14 @@ def _person(item: str) -> str:
     return str(item).replace("\\", "/").split("/", 1)[0]
 
 
-def _first_per_fold(pairs: list[Pair], limit: int) -> list[Pair]:
+def _clean_name(name: str) -> str:
+    name = str(name).replace("\\", "/")
+    while name.startswith("./"):
+        name = name[2:]
+    return name.strip("/")
+
+
+def first_per_fold(pairs: list[Pair], limit: int) -> list[Pair]:
     """The first ``limit`` same and ``limit`` different pairs of every fold, file order kept."""
     counts: dict[tuple[int, bool], int] = {}
     kept = []
@@ -214,9 +330,10 @@ def _first_per_fold(pairs: list[Pair], limit: int) -> list[Pair]:
     return kept
 
 
-def _frame_number(name: str) -> tuple[int, str]:
-    parts = name.split(".")
-    try:
-        return int(parts[1]), name
-    except (IndexError, ValueError):
-        return 0, name
+@register_protocol("lfw")
+@dataclass
+class LFWPairsSet(VerificationSet):
+    """LFW ``pairs.txt`` (View 2, 10 folds) or ``pairsDev*.txt`` (View 1, one fold): one image per group."""
+
+    def read_pairs(self) -> list[Pair]:
+        return read_lfw_pairs(self.pairs_file)

@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from stn_face.data.eval_sets import MissingEmbeddingsError, missing_file_hint
 from stn_face.errors import InputError, MissingInputError
 from stn_face.evaluation.verification import ScoredPairs, evaluate_verification, l2_normalize
 
+__all__ = ["MissingEmbeddingsError", "attach_embeddings", "build_eval_set", "load_embeddings", "score_checkpoint",
+           "score_embeddings", "set_metrics"]
+
 log = logging.getLogger(__name__)
-
-
-class MissingEmbeddingsError(InputError):
-    """Images named by the pair file have no embedding in the given file."""
 
 
 # ------------------------------------------------------------------------------ scoring a set
@@ -74,70 +74,16 @@ def build_eval_set(eval_cfg: DictConfig | dict[str, Any]):
 
         if data_root(required=False) is None:  # the data root itself is missing, not this one file
             raise MissingInputError(f"pair file not found: {pairs_file}: the face data was not found. {HOW_TO_GET_DATA}")
-    if not pairs_file.is_file() and options.get("protocol") == "bin":
-        given = f"{options['pairs_file']} does not exist; " if options.get("pairs_file") else ""
-        raise MissingInputError(f"{given}eval=bin needs eval.path=FILE.bin, an insightface verification .bin such as "
-                                "lfw.bin (`stn-face-pack bin` makes one from a pair file and images)")
     if not pairs_file.is_file():
-        raise MissingInputError(f"pair file not found: {pairs_file}; pass eval.pairs=PATH (an LFW pairs.txt or "
-                                "a YTF splits.txt)")
+        raise MissingInputError(missing_file_hint(options))
     options["pairs_file"] = str(pairs_file)
     return instantiate(options)
 
 
-def read_set_pairs(eval_set) -> list:
-    """The pairs of ``eval_set``'s file, limited to ``max_pairs_per_fold`` like :meth:`VerificationSet.load`."""
-    from stn_face.data.eval_sets import _first_per_fold
-    from stn_face.data.protocols import read_lfw_pairs, read_ytf_splits
-
-    reader = read_ytf_splits if eval_set.protocol == "ytf" else read_lfw_pairs
-    pairs = reader(eval_set.pairs_file)
-    if eval_set.max_pairs_per_fold is not None:
-        pairs = _first_per_fold(pairs, eval_set.max_pairs_per_fold)
-    return pairs
-
-
-def _clean_name(name: str) -> str:
-    name = str(name).replace("\\", "/")
-    while name.startswith("./"):
-        name = name[2:]
-    return name.strip("/")
-
-
 def attach_embeddings(eval_set, names: list[str], embeddings: np.ndarray, source: str) -> np.ndarray:
-    """Fill ``eval_set`` (pairs, groups, item_group) from precomputed embeddings; return the item features.
-
-    A group (an LFW image, a YTF video) takes every row whose name is the group itself or lies below it
-    (``Person/1/frame.jpg`` for the video ``Person/1``). Pairs with a group that has no row are an error
-    naming how many and the first few, or skipped with ``allow_missing``.
-    """
-    from stn_face.data.protocols import unique_images
-
-    pairs = read_set_pairs(eval_set)
-    rows: dict[str, list[int]] = {}
-    for index, name in enumerate(names):
-        name = _clean_name(name)
-        rows.setdefault(name, []).append(index)
-        if eval_set.protocol == "ytf" and "/" in name:  # a frame also counts for its video folder
-            rows.setdefault(name.rsplit("/", 1)[0], []).append(index)
-    wanted = unique_images(pairs)
-    missing = [group for group in wanted if group not in rows]
-    if missing and not eval_set.allow_missing:
-        noun = "videos" if eval_set.protocol == "ytf" else "images"
-        raise MissingEmbeddingsError(
-            f"{len(missing)} of {len(wanted)} {noun} named by {eval_set.pairs_file} have no embedding in {source} "
-            f"(first: {', '.join(missing[:3])}); names must be paths relative to the image root, like "
-            f"{wanted[0]}; or pass eval.allow_missing=true to score only the pairs present")
-    if missing:
-        absent = set(missing)
-        kept = [p for p in pairs if p.left not in absent and p.right not in absent]
-        eval_set.skipped_pairs = len(pairs) - len(kept)
-        log.warning("%s: %d of %d pairs skipped because %d images have no embedding", eval_set.name,
-                    eval_set.skipped_pairs, len(pairs), len(missing))
-        pairs = kept
-    if not pairs:
-        raise MissingEmbeddingsError(f"no pair of {eval_set.pairs_file} can be scored from {source}")
-    indices = eval_set.set_pairs(pairs, rows.__getitem__)
+    """Fill ``eval_set`` (pairs, groups, item_group) from precomputed embeddings; return the item features
+    (:meth:`~stn_face.data.eval_sets.VerificationSet.use_embeddings` says which rows a group takes)."""
+    indices = eval_set.use_embeddings(names, source)
     return embeddings[np.asarray(indices, dtype=np.int64)]
 
 
@@ -168,7 +114,7 @@ def load_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
 
 def score_checkpoint(eval_set, ckpt: str | Path, device: str = "cpu", crop: dict[str, Any] | None = None,
                      batch_size: int = 64, flip: bool = True, prepare_workers: int = 2,
-                     progress: bool = True) -> tuple[dict[str, Any], ScoredPairs]:
+                     progress: bool = True, trust: bool = False) -> tuple[dict[str, Any], ScoredPairs]:
     """Crop (cached), embed and score ``eval_set`` with a checkpoint; ``crop=None``: the model's own
     crop settings. Returns ``(metrics, ScoredPairs)``; metrics name the checkpoint and its step."""
     from stn_face.data.protocols import MissingImagesError
@@ -182,7 +128,7 @@ def score_checkpoint(eval_set, ckpt: str | Path, device: str = "cpu", crop: dict
     except ValueError as error:  # nothing left to score
         raise InputError(str(error)) from None
     from stn_face.embedder import FaceEmbedder
-    embedder = FaceEmbedder.from_checkpoint(ckpt, device=device)
+    embedder = FaceEmbedder.from_checkpoint(ckpt, device=device, trust=trust)
     eval_set.check_training_identities(embedder.class_names)
     eval_set.prepare(crop or embedder.crop_settings, workers=prepare_workers, progress=progress)
     eval_set.resolve()

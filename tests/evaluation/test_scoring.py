@@ -7,7 +7,7 @@ import json
 import pytest
 
 from stn_face.cli import eval as evaluate_cli
-from stn_face.data.eval_sets import _first_per_fold
+from stn_face.data.eval_sets import first_per_fold
 from stn_face.data.protocols import read_lfw_pairs
 from tests.helpers import compose_cli, expect_input_error
 
@@ -38,7 +38,7 @@ def test_training_identities_stop_the_evaluation_or_are_excluded(checkpoints, vi
     for choice in ("eval=lfw_view1", "eval.exclude_training_identities=true", "eval.allow_identity_overlap=true"):
         assert choice in message
     # excluded: exactly the disjoint pairs are scored, and the result says how many were dropped
-    subset = _first_per_fold(all_pairs, PER_FOLD)
+    subset = first_per_fold(all_pairs, PER_FOLD)
     dropped = _overlap(subset, people)
     assert 0 < len(dropped) < len(subset)
     metrics = evaluate_cli.main(_eval_cfg(tmp_path, f"ckpt={ckpt}", "eval=lfw", f"eval.max_pairs_per_fold={PER_FOLD}",
