@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,15 +13,8 @@ from torch import nn
 
 from stn_face.geometry import decompose
 from stn_face.nn.embedding import flip_sum
+from stn_face.nn.head_hooks import hooks_of
 from stn_face.nn.pretrained import load_pretrained
-from stn_face.nn.partial_fc import (
-    SHARDED_GROUP,
-    PartialFCHead,
-    distributed_world,
-    gather_shards_into_checkpoint,
-    sum_gradients,
-    take_shard_from_checkpoint,
-)
 from stn_face.nn.transformer import SpatialTransformer
 from stn_face.schedules import margin_schedule
 
@@ -135,25 +129,35 @@ class StnFaceModule(L.LightningModule):
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The optimiser's parameter groups: ``main`` (everything outside the transformer and a sharded head),
         when the transformer has parameters ``localization`` at ``localization_lr_mult`` times the base rate,
-        and for ``head=partial_fc`` its centres (one row block per rank, with the head's ``weight_decay``)."""
+        and last the head's own groups (:meth:`~stn_face.nn.head_hooks.HeadHooks.optimizer_groups`; ``head=partial_fc``:
+        its centres, one row block per rank, with the head's ``weight_decay``)."""
         # lists, not sets: the parameter order must be the same in every process for resuming
         localization = list(self.transformer.parameters())
-        sharded = list(self.head.parameters()) if isinstance(self.head, PartialFCHead) else []
+        head_groups = hooks_of(self.head).optimizer_groups()  # e.g. a sharded head's centres
+        sharded = [p for group in head_groups for p in group["params"]]
         backbone = [p for p in self.backbone.parameters() if p.requires_grad] if self.backbone_lr_mult != 1 else []
         ids = {id(p) for p in localization + sharded + backbone}
         rest = [p for p in self.parameters() if id(p) not in ids and p.requires_grad]
         groups: list[dict[str, Any]] = [{"params": rest, "name": "main"}]
-        base_lr = self.optimizer_factory.keywords.get("lr", 0.01) if hasattr(
-            self.optimizer_factory, "keywords") else 0.01
+        base_lr = self.base_learning_rate()
         if localization:
             groups.append({"params": localization, "name": "localization",
                            "lr": base_lr * self.localization_lr_mult})
         if backbone:  # model.backbone_lr_mult: fine-tune a pretrained backbone at a fraction of the rate
             groups.append({"params": backbone, "name": "backbone", "lr": base_lr * self.backbone_lr_mult})
-        if sharded:  # last, so the groups of other heads keep their places in older checkpoints
-            decay = {} if self.head.weight_decay is None else {"weight_decay": self.head.weight_decay}
-            groups.append({"params": sharded, "name": SHARDED_GROUP, **decay})
+        groups += head_groups  # last, so the groups of other heads keep their places in older checkpoints
         return groups
+
+    def base_learning_rate(self) -> float:
+        """The optimiser config's ``lr`` (the optimiser's own default when the config leaves it out)."""
+        keywords = getattr(self.optimizer_factory, "keywords", {}) or {}
+        if "lr" in keywords:
+            return float(keywords["lr"])
+        factory = getattr(self.optimizer_factory, "func", self.optimizer_factory)
+        default = inspect.signature(factory).parameters.get("lr")
+        if default is None or not isinstance(default.default, (int, float)):
+            raise ValueError(f"the optimizer config must set lr: {factory!r} has no default learning rate")
+        return float(default.default)
 
     def drop_non_finite_gradients(self, optimizer: torch.optim.Optimizer) -> bool:
         """When any gradient of ``optimizer``'s parameters holds NaN/Inf, set them all to None (the
@@ -166,7 +170,7 @@ class StnFaceModule(L.LightningModule):
         # a non-finite norm is re-checked element-wise, so huge-but-finite gradients are not skipped.
         finite = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))) or all(
             torch.isfinite(g).all() for g in grads)
-        if self._sharded_head():  # each rank's centres have their own gradients: all skip if one must
+        if hooks_of(self.head).votes_on_skipped_steps():  # e.g. a sharded head: all skip if one must
             verdict = torch.tensor([float(finite)], device=self.device)
             torch.distributed.all_reduce(verdict, op=torch.distributed.ReduceOp.MIN)
             finite = bool(verdict.item())
@@ -223,21 +227,20 @@ class StnFaceModule(L.LightningModule):
         stats["output_std"] = aligned.float().std()
         self.log_dict({f"transform/{k}": v for k, v in stats.items()}, batch_size=batch_size)
 
-    # ------------------------------------------------------------------ sharded head (head=partial_fc)
-    def _sharded_head(self) -> bool:
-        return isinstance(self.head, PartialFCHead) and self.head.world_size > 1
-
+    # ------------------------------------------------------- distributed training (the head's hooks)
     def configure_model(self) -> None:
-        """Under DDP a Partial FC head keeps its rank's centres, which DDP must neither broadcast nor average."""
-        if isinstance(self.head, PartialFCHead) and distributed_world()[1] > 1:
-            self.head.shard()
-            self._ddp_params_and_buffers_to_ignore = [f"head.{name}" for name, _ in self.head.named_parameters()]
+        """Once the processes are known the head may take its share (a sharded head keeps its rank's
+        centres, which DDP must then neither broadcast nor average)."""
+        ignored = hooks_of(self.head).configure_distributed()
+        if ignored:
+            self._ddp_params_and_buffers_to_ignore = [f"head.{name}" for name in ignored]
 
     def on_fit_start(self) -> None:
-        # every rank's loss is the global batch's (stn_face.nn.partial_fc): DDP must sum, not average
+        # e.g. a sharded head: every rank's loss is the global batch's, so DDP must sum, not average
+        hook = hooks_of(self.head).ddp_comm_hook()
         ddp = self._trainer.strategy.model if self._trainer is not None else None
-        if self._sharded_head() and isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
-            ddp.register_comm_hook(None, sum_gradients)
+        if hook is not None and isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
+            ddp.register_comm_hook(None, hook)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -266,13 +269,11 @@ class StnFaceModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.model_config is not None:
             checkpoint["model_config"] = self.model_config
-        if isinstance(self.head, PartialFCHead):  # the whole (C, D) centres, as a full head's checkpoint
-            gather_shards_into_checkpoint(checkpoint, self.head, prefix="head.")
+        hooks_of(self.head).save_to_checkpoint(checkpoint, prefix="head.")  # e.g. gather a sharded head's rows
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.loaded_step = int(checkpoint.get("global_step", 0))  # the step of evaluated weights
-        if isinstance(self.head, PartialFCHead):
-            take_shard_from_checkpoint(checkpoint, self.head, prefix="head.")
+        hooks_of(self.head).load_from_checkpoint(checkpoint, prefix="head.")
         if self.model_config is None and checkpoint.get("model_config") is not None:
             self.model_config = checkpoint["model_config"]
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stn_face.errors import InputError
+from stn_face.nn.head_hooks import HeadHooks
 from stn_face.nn.heads import margin_logits
 
 #: the name of the optimiser parameter group that holds sharded parameters (one row block per rank)
@@ -134,7 +135,7 @@ def sum_gradients(process_group, bucket):
     return work.get_future().then(lambda future: future.value()[0])
 
 
-class PartialFCHead(nn.Module):
+class PartialFCHead(HeadHooks, nn.Module):
     """Combined-margin head (the numbers of :class:`~stn_face.nn.heads.CombinedMarginHead`: ArcFace
     ``m2``, CosFace ``m3``, SphereFace-style ``m1``) with sharded centres and class-centre sampling.
 
@@ -255,6 +256,32 @@ class PartialFCHead(nn.Module):
              step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """The same as calling the head (the interface of :meth:`CombinedMarginHead.loss`)."""
         return self(embeddings, labels, margin_factor=margin_factor, step=step)
+
+    # ------------------------------------------------------------------ trainer hooks (HeadHooks)
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """The centres (this rank's rows) in their own group, with the head's ``weight_decay``."""
+        decay = {} if self.weight_decay is None else {"weight_decay": self.weight_decay}
+        return [{"params": list(self.parameters()), "name": SHARDED_GROUP, **decay}]
+
+    def configure_distributed(self) -> list[str]:
+        """Under DDP keep this rank's centres, which DDP must neither broadcast nor average."""
+        if distributed_world()[1] <= 1:
+            return []
+        self.shard()
+        return [name for name, _ in self.named_parameters()]
+
+    def ddp_comm_hook(self):
+        # every rank's loss is the global batch's: DDP must sum the other gradients, not average them
+        return sum_gradients if self.world_size > 1 else None
+
+    def votes_on_skipped_steps(self) -> bool:
+        return self.world_size > 1  # each rank's centres have their own gradients: all skip if one must
+
+    def save_to_checkpoint(self, checkpoint: dict[str, Any], prefix: str) -> None:
+        gather_shards_into_checkpoint(checkpoint, self, prefix)  # the whole (C, D) centres, as a full head's
+
+    def load_from_checkpoint(self, checkpoint: dict[str, Any], prefix: str) -> None:
+        take_shard_from_checkpoint(checkpoint, self, prefix)
 
     def _generator(self, step: int) -> torch.Generator:
         seed = int(np.random.SeedSequence([self.seed, int(step), self.rank]).generate_state(1, np.uint64)[0])
