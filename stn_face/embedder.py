@@ -102,6 +102,35 @@ class FaceEmbedder:
         embedder.step = checkpoint_step(ckpt)
         return embedder
 
+    @classmethod
+    def from_pretrained(cls, backbone: dict[str, Any], device: str | torch.device = "cpu",
+                        allowed_targets: Sequence[str] = ("stn_face.",)) -> FaceEmbedder:
+        """A pretrained backbone alone, no checkpoint and no training (``stn-face-embed backbone=dlib_resnet``).
+
+        ``backbone``: a resolved backbone config (``conf/backbone/*.yaml``) whose ``weights`` name the
+        file to read (:func:`stn_face.nn.pretrained.load_pretrained`). There is no spatial transformer:
+        crops are resized to the backbone's ``input_size`` and embedded as they are."""
+        from hydra.utils import instantiate
+
+        from stn_face.errors import InputError
+        from stn_face.nn.pretrained import load_pretrained
+        from stn_face.nn.transformer import SpatialTransformer
+
+        target = str(backbone.get("_target_", ""))
+        if not target.startswith(tuple(allowed_targets)):
+            raise InputError(f"backbone `{target}` is outside {list(allowed_targets)}")
+        if not backbone.get("weights"):
+            raise InputError("a backbone without a checkpoint needs pretrained weights: pass "
+                             "backbone.weights=PATH (or ckpt=PATH for a trained model)")
+        net_backbone = load_pretrained(instantiate(backbone))
+        size = int(getattr(net_backbone, "input_size", 112))
+        # the identity family at scale 1 samples every pixel where it is: the crop as it is
+        transformer = SpatialTransformer("identity", output_size=(size, size), input_size=size)
+        config = {"transform": {"_target_": "stn_face.nn.SpatialTransformer", "transform": "identity",
+                                "output_size": [size, size], "input_size": size},
+                  "backbone": dict(backbone), "image_size": size, "crop": None}
+        return cls(EmbeddingNet(transformer, net_backbone), image_size=size, config=config, device=device)
+
     # ------------------------------------------------------------------------------- properties
     @property
     def transformer(self) -> nn.Module:

@@ -1,5 +1,8 @@
 """``stn-face-embed ckpt=PATH input=DIR output=FILE.npz``: embed a folder of photos.
 
+``backbone=NAME`` instead of ``ckpt`` embeds with a pretrained network alone (``backbone=dlib_resnet``, or
+``backbone=iresnet50 backbone.weights=PATH``): no checkpoint, no transformer, crops resized to its input.
+
 Every image below ``input`` (any depth, sorted) is embedded; raw photos first go through the same MTCNN
 crop as the training images (:mod:`stn_face.data.crop_cache`, cached so a second run only embeds),
 already-cropped faces are taken as they are with ``cropped=true``.
@@ -18,7 +21,8 @@ from pathlib import Path
 from stn_face.cli.entry import hydra_command, run_module
 from stn_face.errors import InputError, MissingInputError, require_input
 
-USAGE = "usage: stn-face-embed ckpt=PATH input=DIR output=FILE.npz [cropped=true]"
+USAGE = ("usage: stn-face-embed ckpt=PATH input=DIR output=FILE.npz [cropped=true]   or   "
+         "stn-face-embed backbone=dlib_resnet input=DIR output=FILE.npz [cropped=true]")
 
 
 @hydra_command("embed")
@@ -29,7 +33,10 @@ def main(cfg) -> Path:
     from stn_face.data.crop_cache import crop_cache_dir, prepare_crops
     from stn_face.paths import list_images, resolve_checkpoint
 
-    ckpt = resolve_checkpoint(require_input(cfg.get("ckpt"), f"missing ckpt=PATH; {USAGE}"))
+    pretrained = cfg.get("backbone")
+    if cfg.get("ckpt") and pretrained:
+        raise InputError(f"give either ckpt=PATH or backbone=NAME (a pretrained network), not both; {USAGE}")
+    ckpt = None if pretrained else resolve_checkpoint(require_input(cfg.get("ckpt"), f"missing ckpt=PATH; {USAGE}"))
     require_input(cfg.get("input"), f"missing input=DIR; {USAGE}")
     output = Path(str(require_input(cfg.get("output"), f"missing output=FILE.npz; {USAGE}"))).expanduser()
     if output.suffix != ".npz":
@@ -45,7 +52,10 @@ def main(cfg) -> Path:
         raise InputError(f"no images found below {input_dir} (extensions {', '.join(cfg.extensions)})")
     from stn_face.embedder import FaceEmbedder
 
-    embedder = FaceEmbedder.from_checkpoint(ckpt, device=cfg.device)
+    if pretrained:
+        embedder = FaceEmbedder.from_pretrained(OmegaConf.to_container(pretrained, resolve=True), device=cfg.device)
+    else:
+        embedder = FaceEmbedder.from_checkpoint(ckpt, device=cfg.device)
     progress = bool(cfg.progress)
     if cfg.cropped:
         paths = {name: input_dir / name for name in files}

@@ -5,6 +5,7 @@ Examples::
     stn-face-eval ckpt=logs/train/runs/.../checkpoints/last.ckpt eval=lfw
     stn-face-eval ckpt=last.ckpt eval=ytf eval.allow_missing=true
     stn-face-eval embeddings=lfw.npz eval=lfw eval.pairs=$STN_FACE_DATA/lfw/pairs.txt
+    stn-face-eval backbone=dlib_resnet eval=lfw      # a pretrained network alone, no checkpoint
 
 Scoring is :mod:`stn_face.evaluation.scoring`; ``metrics.json`` (the layout of
 :mod:`stn_face.evaluation.artifacts`), ``roc_<set>.npz`` and ``roc_<set>.png`` (with the published LFW
@@ -20,7 +21,7 @@ from stn_face.cli.entry import hydra_command, run_module
 from stn_face.errors import InputError
 
 USAGE = ("usage: stn-face-eval ckpt=PATH eval=lfw|ytf   or   stn-face-eval embeddings=FILE.npz eval=lfw "
-         "[eval.pairs=PAIRS_FILE]")
+         "[eval.pairs=PAIRS_FILE]   or   stn-face-eval backbone=dlib_resnet eval=lfw")
 
 
 @hydra_command("evaluate")
@@ -31,12 +32,21 @@ def main(cfg) -> dict[str, Any]:
     from stn_face.evaluation.scoring import build_eval_set, score_checkpoint, score_embeddings
     from stn_face.paths import resolve_checkpoint
 
-    ckpt, embeddings_file = cfg.get("ckpt"), cfg.get("embeddings")
-    if bool(ckpt) == bool(embeddings_file):
-        raise InputError(("give either ckpt=PATH or embeddings=FILE.npz, not both; " if ckpt else
-                          "missing ckpt=PATH or embeddings=FILE.npz; ") + USAGE)
+    ckpt, embeddings_file, pretrained = cfg.get("ckpt"), cfg.get("embeddings"), cfg.get("backbone")
+    given = sum(bool(x) for x in (ckpt, embeddings_file, pretrained))
+    if given != 1:
+        raise InputError(("give one of ckpt=PATH, embeddings=FILE.npz or backbone=NAME; " if given else
+                          "missing ckpt=PATH, embeddings=FILE.npz or backbone=NAME; ") + USAGE)
     eval_set = build_eval_set(cfg.eval)
-    if ckpt:
+    if pretrained:  # a pretrained network alone (backbone=dlib_resnet): no checkpoint, no transformer
+        from stn_face.embedder import FaceEmbedder
+
+        embedder = FaceEmbedder.from_pretrained(OmegaConf.to_container(pretrained, resolve=True), device=cfg.device)
+        crop = OmegaConf.to_container(cfg.crop, resolve=True) if cfg.get("crop") else None
+        metrics, pairs = score_checkpoint(eval_set, None, crop=crop, batch_size=int(cfg.batch_size),
+                                          flip=bool(cfg.flip), prepare_workers=int(cfg.prepare_workers),
+                                          progress=bool(cfg.progress), embedder=embedder)
+    elif ckpt:
         crop = OmegaConf.to_container(cfg.crop, resolve=True) if cfg.get("crop") else None
         metrics, pairs = score_checkpoint(eval_set, resolve_checkpoint(ckpt), device=cfg.device, crop=crop,
                                                batch_size=int(cfg.batch_size), flip=bool(cfg.flip),

@@ -114,9 +114,12 @@ def load_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
 
 def score_checkpoint(eval_set, ckpt: str | Path, device: str = "cpu", crop: dict[str, Any] | None = None,
                      batch_size: int = 64, flip: bool = True, prepare_workers: int = 2,
-                     progress: bool = True, trust: bool = False) -> tuple[dict[str, Any], ScoredPairs]:
+                     progress: bool = True, trust: bool = False,
+                     embedder=None) -> tuple[dict[str, Any], ScoredPairs]:
     """Crop (cached), embed and score ``eval_set`` with a checkpoint; ``crop=None``: the model's own
-    crop settings. Returns ``(metrics, ScoredPairs)``; metrics name the checkpoint and its step."""
+    crop settings. Returns ``(metrics, ScoredPairs)``; metrics name the checkpoint and its step.
+    ``embedder``: a :class:`~stn_face.embedder.FaceEmbedder` built already (a pretrained backbone alone,
+    ``FaceEmbedder.from_pretrained``) instead of ``ckpt``."""
     from stn_face.data.protocols import MissingImagesError
 
     try:
@@ -128,13 +131,17 @@ def score_checkpoint(eval_set, ckpt: str | Path, device: str = "cpu", crop: dict
     except ValueError as error:  # nothing left to score
         raise InputError(str(error)) from None
     from stn_face.embedder import FaceEmbedder
-    embedder = FaceEmbedder.from_checkpoint(ckpt, device=device, trust=trust)
+    if embedder is None:
+        embedder = FaceEmbedder.from_checkpoint(ckpt, device=device, trust=trust)
     eval_set.check_training_identities(embedder.class_names)
     eval_set.prepare(crop or embedder.crop_settings, workers=prepare_workers, progress=progress)
     eval_set.resolve()
     features = embedder.embed_files(eval_set.items, batch_size=batch_size, progress=progress, flip=flip)
     metrics, pairs = set_metrics(eval_set, features)
-    metrics.update({"ckpt": str(embedder.checkpoint_path), "step": embedder.step, "flip": flip})
+    metrics.update({"ckpt": str(embedder.checkpoint_path) if embedder.checkpoint_path else None,
+                    "step": embedder.step, "flip": flip})
+    if embedder.checkpoint_path is None:  # a pretrained backbone alone: say which
+        metrics["backbone"] = {k: embedder.config["backbone"].get(k) for k in ("_target_", "weights")}
     return metrics, pairs
 
 
