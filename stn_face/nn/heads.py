@@ -15,10 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+Margin = float | torch.Tensor  # one number, or one per sample (B,) for adaptive heads (nn/adaface.py)
 
-def margin_target(theta: torch.Tensor, cosine: torch.Tensor, m1: float, m2: float, m3: float,
+
+def margin_target(theta: torch.Tensor, cosine: torch.Tensor, m1: float, m2: Margin, m3: Margin,
                   multiplicative: bool) -> torch.Tensor:
     """The target class's margin cosine for angles ``theta`` (any shape, ``cosine = cos theta``).
+    ``m2`` and ``m3`` are numbers or tensors broadcasting with ``theta`` (per-sample margins).
 
     ``cos(m1 θ + m2) - m3`` while ``m1 θ + m2 <= π``; past that point it would rise again, so:
 
@@ -34,7 +37,11 @@ def margin_target(theta: torch.Tensor, cosine: torch.Tensor, m1: float, m2: floa
         k = torch.floor(margin_theta / math.pi)
         sign = 1.0 - 2.0 * torch.remainder(k, 2.0)
         return sign * torch.cos(margin_theta) - 2.0 * k - m3
-    return torch.where(margin_theta <= math.pi, torch.cos(margin_theta), cosine - m2 * math.sin(m2)) - m3
+    # A negative m2 (AdaFace's angular margin for high-quality faces) may take the angle below 0,
+    # where the cosine would fall again: it stops at 0 (cosine 1), as AdaFace clips it.
+    sin_m2 = torch.sin(m2) if torch.is_tensor(m2) else math.sin(m2)
+    return torch.where(margin_theta <= math.pi, torch.cos(margin_theta.clamp_min(0.0)),
+                       cosine - m2 * sin_m2) - m3
 
 
 class CombinedMarginHead(nn.Module):
@@ -77,12 +84,14 @@ class CombinedMarginHead(nn.Module):
         return F.cross_entropy(logits, labels), correct
 
 
-def margin_logits(cosine: torch.Tensor, columns: torch.Tensor | None, s: float, m1: float, m2: float, m3: float,
-                  margin_factor: float = 1.0) -> torch.Tensor:
+def margin_logits(cosine: torch.Tensor, columns: torch.Tensor | None, s: float, m1: float, m2: Margin,
+                  m3: Margin, margin_factor: float = 1.0) -> torch.Tensor:
     """``s`` times ``cosine`` ``(B, K)`` with the combined margin (scaled by ``margin_factor``) on each row's
     target column ``columns`` ``(B,)``; a row whose target is not among the ``K`` columns (``-1``: a class
-    centre held by another rank, :mod:`stn_face.nn.partial_fc`) keeps its plain cosines."""
-    if columns is None or margin_factor == 0 or (m1 == 1 and m2 == 0 and m3 == 0):
+    centre held by another rank, :mod:`stn_face.nn.partial_fc`) keeps its plain cosines. ``m2``/``m3``
+    may be ``(B,)`` tensors: one margin per row (AdaFace)."""
+    no_margin = m1 == 1 and not torch.is_tensor(m2) and not torch.is_tensor(m3) and m2 == 0 and m3 == 0
+    if columns is None or margin_factor == 0 or no_margin:
         return s * cosine
     multiplicative = m1 != 1.0
     m1 = 1.0 + (m1 - 1.0) * margin_factor
