@@ -52,7 +52,7 @@ def bench_recordio(args, crops: Path, budget: Budget) -> dict[str, Any]:
     items per round, ``args.rounds`` rounds (defaults when the suite's args lack them)."""
     import torch
 
-    from stn_face.data.recordio import pack_folders
+    from stn_face.data.pack import pack_folders
 
     images = int(getattr(args, "recordio_images", DEFAULT_IMAGES))
     rounds = int(getattr(args, "rounds", DEFAULT_ROUNDS))

@@ -40,7 +40,7 @@ def celeba_crops(celeba_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def celeba_pack(celeba_crops, tmp_path_factory) -> Path:
     """``train.rec`` + ``train.idx`` + ``property`` + ``identities.txt`` of :func:`celeba_crops`."""
-    from stn_face.data.recordio import pack_folders
+    from stn_face.data.pack import pack_folders
 
     out = tmp_path_factory.mktemp("celeba-pack")
     pack_folders(celeba_crops, out)

@@ -46,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "rec":
-        from stn_face.data.recordio import pack_folders
+        from stn_face.data.pack import pack_folders
 
         summary = pack_folders(args.input, args.output, args.min_images, args.max_identities,
                                args.max_images_per_identity)

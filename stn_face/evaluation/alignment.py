@@ -138,7 +138,7 @@ class AlignmentGridCallback(L.Callback):
                                    title=f"{transformer.transform_name} transform, step {trainer.global_step}",
                                    pairs_per_row=self.pairs_per_row, lines=lines)
         self.written.append(path)
-        from stn_face.training.loggers import log_image_file
+        from stn_face.evaluation.image_log import log_image_file
 
         log_image_file(trainer, "alignment/grid", path)
         return path

@@ -121,7 +121,7 @@ class VerificationCallback(L.Callback):
                             published_roc_dir=self.published_roc_dir, plot=self.plot,
                             title=f"{name} ROC, step {metrics['step']}")
         if len(written) > 1:
-            from stn_face.training.loggers import log_image_file
+            from stn_face.evaluation.image_log import log_image_file
 
             log_image_file(trainer, f"{stage}/roc_{name}", written[-1])
 

@@ -1,4 +1,5 @@
-"""Small helpers for sending pictures to whichever Lightning logger is active."""
+"""The training job's loggers: hyper-parameters, W&B set-up and clean finishing (pictures are sent by
+:func:`stn_face.evaluation.image_log.log_image_file`, which the evaluation callbacks use too)."""
 
 from __future__ import annotations
 
@@ -8,23 +9,6 @@ from pathlib import Path
 import lightning as L
 
 log = logging.getLogger(__name__)
-
-
-def log_image_file(trainer: L.Trainer, key: str, path: str | Path) -> None:
-    """Log a PNG to every attached logger that can show images (W&B, TensorBoard); others keep the file."""
-    path = Path(path)
-    for logger in trainer.loggers:
-        kind = type(logger).__name__
-        try:
-            if kind == "WandbLogger":
-                logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
-            elif kind == "TensorBoardLogger":
-                import matplotlib.image as mpimg
-
-                image = mpimg.imread(str(path))[..., :3]
-                logger.experiment.add_image(key, image, trainer.global_step, dataformats="HWC")
-        except Exception as error:  # noqa: BLE001 - a logging hiccup must never end a training run
-            log.warning("could not log %s to %s: %s", path.name, kind, error)
 
 
 def log_hyperparameters(trainer: L.Trainer, cfg) -> None:

@@ -177,7 +177,7 @@ def test_wrong_magic(celeba_pack, tmp_path, capsys):
 
 
 def test_idx_of_another_rec(celeba_pack, celeba_crops, tmp_path, capsys):
-    from stn_face.data.recordio import pack_folders
+    from stn_face.data.pack import pack_folders
 
     other = tmp_path / "other"
     pack_folders(celeba_crops, other, max_images_per_identity=5)  # smaller records -> other offsets
