@@ -27,8 +27,8 @@ def bench_eval(args, crops: Path, budget: Budget) -> dict[str, Any]:
     workers as validation does, and from preloaded tensors (model only)."""
     from torch.utils.data import DataLoader
 
+    from stn_face.data.augment import eval_transform
     from stn_face.data.datasets import FaceImageDataset
-    from stn_face.data.transforms import eval_transform
 
     precision = trainer_precision(args.precision)
     image_size = int(data_config(crops, args.eval_batch, args.num_workers).image_size)

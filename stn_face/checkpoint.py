@@ -1,8 +1,14 @@
 """Checkpoints: the one place that writes, reads, describes and checks them.
 
 - Writing is atomic (temporary file, fsync, rename): a killed process leaves the old file or the new one.
-- Reading has one policy (:func:`load_checkpoint`): tensors, numbers and strings only
-  (``weights_only=True``); an older file holding other objects is read in full with a warning.
+- Reading has one policy (:func:`safe_torch_load`, used by :func:`load_checkpoint`, Lightning's resume
+  through :class:`AtomicCheckpointIO` and the pretrained-weights readers): tensors and plain data only
+  (``weights_only=True`` with torch's own allowlist; checkpoints of ``stn-face-train`` need nothing more).
+  A file that names code to import is refused with one line (:class:`~stn_face.errors.UntrustedFileError`)
+  unless the caller opts in with ``trust=True`` (``trust_checkpoint=true``), which unpickles it in full and
+  so runs whatever it says. Before torch reads a file its zip layout is checked (no compressed or
+  over-long records), so a damaged or forged file is an error within milliseconds, never an allocation of
+  what its header claims.
 - A checkpoint describes its network (:func:`model_config`, stored under ``"model_config"``), so it
   rebuilds without the Hydra run folder (:func:`build_network`); only ``stn_face.*`` classes are built.
 - Weights that do not fit a network are reported by one function (:func:`weight_mismatch`), whether a
@@ -14,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,8 +29,8 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
-from stn_face.errors import CheckpointError
-from stn_face.files import atomic_write
+from stn_face.errors import CheckpointError, InputError, UntrustedFileError
+from stn_face.files import atomic_write, check_zip_archive
 from stn_face.paths import resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -39,7 +46,17 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint I/O whose saves are atomic (temporary file + ``os.replace``)."""
+    """Lightning checkpoint I/O whose saves are atomic (temporary file + ``os.replace``) and whose loads
+    (``trainer.fit(ckpt_path=...)``, ``validate``, ``test``) go through :func:`safe_torch_load`: tensors and
+    plain data only unless ``trust=True`` (``trust_checkpoint=true``)."""
+
+    def __init__(self, trust: bool = False) -> None:
+        super().__init__()
+        self.trust = bool(trust)
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        # Lightning's weights_only argument is ignored on purpose: only the user's opt-in loosens the policy
+        return safe_torch_load(path, trust=self.trust)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
@@ -48,29 +65,132 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 # ---------------------------------------------------------------------------------------- reading
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a ``stn-face-train`` checkpoint (a file, a run folder or its ``checkpoints/`` folder).
+#: What torch's weights-only unpickler says when a pickle names a global it does not allow.
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+#: The opt-in, as the refusal names it (the command-line option, then the Python argument).
+TRUST_HINT = "trust_checkpoint=true (Python: trust=True)"
 
-    Raises :class:`~stn_face.errors.MissingInputError` for a missing file and :class:`CheckpointError`
-    for a file that is not such a checkpoint. ``ckpt["_path"]`` is the file that was read.
+
+def safe_torch_load(path: str | os.PathLike, trust: bool = False, what: str = "PyTorch checkpoint") -> Any:
+    """The one reader of torch files from users and strangers (checkpoints, ``.pth`` weights): tensors,
+    numbers, strings and containers only (``torch.load(weights_only=True)``), onto the CPU.
+
+    - A file whose pickle names anything else to import (a class, ``os.system``, ...) is refused with an
+      :class:`~stn_face.errors.UntrustedFileError` naming the file, the import and the opt-in. Nothing of
+      it runs.
+    - ``trust=True`` reads it in full with ``weights_only=False``: **dangerous**, the file may run any code.
+    - A damaged, truncated, empty or forged file is a :class:`CheckpointError` naming the file and the
+      problem; its zip layout is checked first, so no header's claim is allocated.
+    """
+    path = Path(path)
+    size = None
+    try:
+        with open(path, "rb") as stream:
+            magic = stream.read(4)
+        size = path.stat().st_size
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from None
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): not a {what}")
+    if magic.startswith(b"PK\x03\x04"):
+        try:
+            check_zip_archive(path, what, stored_only=True, verify_crc=True)
+        except InputError as error:  # a damaged or forged archive: a checkpoint error naming the file
+            raise CheckpointError(str(error)) from None
+    elif magic.startswith(b"\x80"):
+        _check_legacy_claims(path, size, what)
+    else:  # neither torch's zip format nor its legacy pickle stream
+        raise CheckpointError(f"{path} is not a {what} (it starts with {magic!r}, not a zip archive or a "
+                              "pickle); pass a .ckpt / .pth file written by torch.save")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as error:
+        found = _GLOBAL.search(str(error))
+        if found and not trust:
+            name = _python3_name(found.group(1))
+            raise UntrustedFileError(
+                f"{path} wants to import {name} to load, which could run code; refused (checkpoints and "
+                f"weights load as tensors and plain data only). Only if you trust this file and its source, "
+                f"pass {TRUST_HINT}: that lets the file run any code") from None
+        raise CheckpointError(f"{path} is not a {what} ({_reason(error)})") from None
+    except (MemoryError, OverflowError) as error:
+        raise CheckpointError(f"{path} is not a {what}: it claims more data than it holds "
+                              f"({type(error).__name__})") from None
+    except Exception as error:  # noqa: BLE001 - any decoding problem means: not a checkpoint
+        raise CheckpointError(f"{path} is not a {what} ({_reason(error)})") from None
+
+
+def _check_legacy_claims(path: Path, size: int, what: str) -> None:
+    """PyTorch's legacy (pre-1.6) format allocates each storage at the size its pickle claims before
+    reading it: refuse a claim larger than the file. Its pickles are scanned, never unpickled, through a
+    memory map (a read never returns more than the file holds)."""
+    import mmap
+    import pickletools
+
+    ints = ("BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG")
+    try:
+        with open(path, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            for _ in range(4):  # magic number, protocol, system info, the object (its storages)
+                if view.tell() >= size:  # a plain pickle: torch.load will say what it is
+                    break
+                memo_storage: set[Any] = set()
+                after_storage = last_string = None
+                for op, arg, _pos in pickletools.genops(view):
+                    if op.name in ("BINPUT", "LONG_BINPUT", "PUT") and last_string == "storage":
+                        memo_storage.add(arg)
+                    last_string = arg if isinstance(arg, str) and "UNICODE" in op.name else None
+                    if last_string == "storage" or (op.name in ("BINGET", "LONG_BINGET", "GET")
+                                                    and arg in memo_storage):
+                        after_storage = True
+                    elif after_storage and op.name in ints:
+                        after_storage = None
+                        if isinstance(arg, int) and arg > size:
+                            raise CheckpointError(f"{path} claims a storage of {arg} elements but the file "
+                                                  f"holds {size} bytes (truncated or forged); not a {what}")
+    except CheckpointError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a pickle stream that does not even scan
+        raise CheckpointError(f"{path} is not a {what} (damaged pickle: {_reason(error)})") from None
+
+
+def _python3_name(dotted: str) -> str:
+    """The name a pickle's global stands for under Python 3 (protocol 2 writes ``subprocess.call`` as
+    ``commands.call``, ``builtins.exec`` as ``__builtin__.exec``): what unpickling would import."""
+    import _compat_pickle
+    import builtins
+
+    module, _, name = dotted.rpartition(".")
+    if not module and hasattr(builtins, name):  # torch names builtins without their module
+        module = "builtins"
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    return f"{module}.{name}" if module else dotted
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    text = text.split("Check the documentation", 1)[0]
+    return " ".join(text.split())[:200] or type(error).__name__
+
+
+def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> dict[str, Any]:
+    """Read a ``stn-face-train`` checkpoint (a file, a run folder or its ``checkpoints/`` folder) with
+    :func:`safe_torch_load` (``trust=True``: in full, dangerous).
+
+    Raises :class:`~stn_face.errors.MissingInputError` for a missing file, :class:`UntrustedFileError`
+    for a file that names code to import and :class:`CheckpointError` for a file that is not such a
+    checkpoint. ``ckpt["_path"]`` is the file that was read.
     """
     path = resolve_checkpoint(path)
     try:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            if "Unsupported global" not in str(error) and "can still be loaded" not in str(error):
-                raise
-            log.warning("%s holds objects besides tensors; loading it in full (only do this with files "
-                        "you trust)", path)
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 - any decoding problem means: not a checkpoint
-        text = str(error)
-        if "WeightsUnpickler error:" in text:
-            text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
-        reason = " ".join(text.split())[:200] or type(error).__name__
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({reason}); pass a .ckpt file written by "
-                              "stn-face-train") from None
+        ckpt = safe_torch_load(path, trust=trust)
+    except UntrustedFileError:
+        raise
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}; pass a .ckpt file written by stn-face-train") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{path} is not a stn-face-train checkpoint (it has no `state_dict`); pass a "
                               ".ckpt file from <run>/checkpoints/")
@@ -192,11 +312,13 @@ class CheckpointMismatchError(CheckpointError, ValueError):
     """A checkpoint does not fit the model built from the current config."""
 
 
-def check_compatible(model: nn.Module, path: str | os.PathLike) -> None:
+def check_compatible(model: nn.Module, path: str | os.PathLike, trust: bool = False) -> None:
     """Raise :class:`CheckpointMismatchError` listing what differs between a checkpoint's weights and
     ``model`` (missing/unexpected tensors, shape changes), instead of PyTorch's long load error."""
     try:
-        checkpoint = load_checkpoint(path)
+        checkpoint = load_checkpoint(path, trust=trust)
+    except UntrustedFileError:
+        raise
     except CheckpointError as error:
         raise CheckpointMismatchError(str(error)) from None
     problems = weight_mismatch(model.state_dict(), checkpoint["state_dict"])

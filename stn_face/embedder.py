@@ -39,11 +39,12 @@ from stn_face.checkpoint import (
     load_weights,
     stored_threshold,
 )
+from stn_face.data.images import MEAN, STD
 from stn_face.nn.embedding import EmbeddingNet, flip_sum
 
 log = logging.getLogger(__name__)
 
-MEAN, STD = 0.5, 0.5  # stn_face.data.transforms: [0, 255] -> [-1, 1]
+PIXEL_MEAN, PIXEL_STD = (torch.tensor(v).view(1, 3, 1, 1) for v in (MEAN, STD))  # [0, 255] -> [-1, 1]
 
 ImagesLike = Any  # uint8 (H, W, 3) array | list of arrays or paths | float tensor (B, 3, H, W)
 
@@ -78,15 +79,17 @@ class FaceEmbedder:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
-                        allowed_targets: Sequence[str] = ("stn_face.",)) -> FaceEmbedder:
+                        allowed_targets: Sequence[str] = ("stn_face.",), trust: bool = False) -> FaceEmbedder:
         """Rebuild the network of a ``stn-face-train`` checkpoint (or a run folder's ``last.ckpt``).
 
         Raises :class:`~stn_face.errors.MissingInputError` (a ``FileNotFoundError``) for a missing file and :class:`~stn_face.errors.CheckpointError`
         for a file that is not a checkpoint or whose weights do not fit its architecture.
         ``allowed_targets``: module prefixes of the classes the stored config may build (your own
-        backbone package, say).
+        backbone package, say). The file is read as tensors and plain data only; one that names code to
+        import is refused (:class:`~stn_face.errors.UntrustedFileError`) unless ``trust=True``, which
+        unpickles it in full: **dangerous**, the file can then run any code.
         """
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, trust=trust)
         where = ckpt["_path"]
         config = checkpoint_model_config(ckpt, where)
         net = build_network(config, where, allowed_targets)
@@ -187,7 +190,7 @@ class FaceEmbedder:
         if not arrays:
             return torch.zeros(0, 3, self.image_size, self.image_size, device=self.device)
         if self._transform is None:
-            from stn_face.data.transforms import eval_transform
+            from stn_face.data.augment import eval_transform
 
             self._transform = eval_transform(self.image_size)
         return torch.stack([self._transform(image=a)["image"] for a in arrays]).to(self.device)
@@ -264,7 +267,8 @@ class FaceEmbedder:
         faces, matrices = [], []
         for chunk in chunks:
             aligned, matrix = self.net.transformer(self.preprocess(chunk))
-            pixels = ((aligned * STD + MEAN) * 255.0).clamp(0, 255).round().to(torch.uint8)
+            pixels = (aligned * PIXEL_STD.to(aligned) + PIXEL_MEAN.to(aligned)) * 255.0
+            pixels = pixels.clamp(0, 255).round().to(torch.uint8)
             faces.append(pixels.permute(0, 2, 3, 1).cpu().numpy())
             matrices.append(matrix.float().cpu().numpy())
         height, width = self.output_size

@@ -27,6 +27,17 @@ class CheckpointError(InputError):
     """A checkpoint that cannot be used: not a checkpoint, or its weights do not fit its architecture."""
 
 
+class UntrustedFileError(CheckpointError):
+    """A checkpoint or weights file that needs more than tensors and plain data to load: it names code to
+    import (which unpickling would run), so it is refused unless the user opts in (``trust_checkpoint=true``
+    on the command line, ``trust=True`` in Python)."""
+
+
+class HostileInputError(InputError):
+    """A data file (``.rec``/``.idx``, ``.bin``, ``.npz``, manifest, pair file) that is damaged or claims
+    more than it holds: one message naming the file and the problem, nothing allocated for the claim."""
+
+
 def require_input(value: Any, message: str) -> Any:
     """``value``, or an :class:`InputError` with ``message`` when it is missing / empty."""
     if value is None or value == "" or value == "???":

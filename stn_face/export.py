@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stn_face.data.images import MEAN, STD
 from stn_face.errors import InputError
 from stn_face.nn.embedding import flip_sum
 
@@ -60,13 +61,13 @@ class ExportedEmbedder(nn.Module):
 def export_metadata(embedder, normalize: bool, fmt: str, flip: bool = False) -> dict[str, Any]:
     return {
         "format": fmt,
-        "input": "images: float32 (B, 3, S, S), RGB, (pixel / 255 - 0.5) / 0.5",
+        "input": f"images: float32 (B, 3, S, S), RGB, (pixel / 255 - {MEAN[0]}) / {STD[0]}",
         "output": "embeddings: float32 (B, D)" + (", L2-normalised" if normalize else ""),
         "image_size": embedder.image_size,
         "embedding_size": embedder.embedding_size,
         "normalized": normalize,
-        "mean": [0.5, 0.5, 0.5],
-        "std": [0.5, 0.5, 0.5],
+        "mean": list(MEAN),
+        "std": list(STD),
         "transform": embedder.transform_name,
         "threshold": embedder.threshold,
         "threshold_set": embedder.threshold_set,

@@ -25,9 +25,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from stn_face.config import register_resolvers
+from stn_face.data.augment import eval_transform
 from stn_face.data.images import read_rgb
 from stn_face.data.jitter import item_jitter, jitter_image, rotation_of
-from stn_face.data.transforms import eval_transform
 from stn_face.embedder import FaceEmbedder
 from stn_face.geometry import affine_fit, decompose, normalized_grid
 

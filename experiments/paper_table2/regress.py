@@ -37,10 +37,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from stn_face.config import CONF_DIR
+from stn_face.data.augment import eval_transform
 from stn_face.data.images import read_rgb
 from stn_face.data.prepare import MANIFEST_NAME, parse_numbers, read_manifest
 from stn_face.data.prepare.crop import points_in_face_crop
-from stn_face.data.transforms import eval_transform
 from stn_face.errors import InputError, friendly_errors
 from stn_face.geometry import resize_antialiased
 from stn_face.nn.landmark_regression import (

@@ -55,7 +55,7 @@ def main(cfg) -> Path:
     if pretrained:
         embedder = FaceEmbedder.from_pretrained(OmegaConf.to_container(pretrained, resolve=True), device=cfg.device)
     else:
-        embedder = FaceEmbedder.from_checkpoint(ckpt, device=cfg.device)
+        embedder = FaceEmbedder.from_checkpoint(ckpt, device=cfg.device, trust=bool(cfg.get("trust_checkpoint")))
     progress = bool(cfg.progress)
     if cfg.cropped:
         paths = {name: input_dir / name for name in files}

@@ -51,7 +51,8 @@ def main(cfg) -> dict[str, Any]:
         metrics, pairs = score_checkpoint(eval_set, resolve_checkpoint(ckpt), device=cfg.device, crop=crop,
                                                batch_size=int(cfg.batch_size), flip=bool(cfg.flip),
                                                prepare_workers=int(cfg.prepare_workers),
-                                               progress=bool(cfg.progress))
+                                               progress=bool(cfg.progress),
+                                               trust=bool(cfg.get("trust_checkpoint")))
     else:
         metrics, pairs = score_embeddings(eval_set, embeddings_file)
     record = run_record("eval", {eval_set.name: metrics}, [eval_set.name])

@@ -23,7 +23,7 @@ def main(cfg) -> Path:
     ckpt_path = resolve_checkpoint(ckpt)
     from stn_face.embedder import FaceEmbedder
 
-    embedder = FaceEmbedder.from_checkpoint(ckpt_path, device="cpu")
+    embedder = FaceEmbedder.from_checkpoint(ckpt_path, device="cpu", trust=bool(cfg.get("trust_checkpoint")))
     output = Path(cfg.output) if cfg.get("output") else ckpt_path.with_suffix(FORMATS[fmt])
     flip = bool(cfg.get("flip", False))
     path = export(embedder, fmt, output, bool(cfg.normalize), int(cfg.opset), int(cfg.batch_size), flip)

@@ -51,7 +51,7 @@ def main(cfg) -> dict:
         require_image_file(cfg[key], key)
     from stn_face.embedder import FaceEmbedder
 
-    embedder = FaceEmbedder.from_checkpoint(ckpt, device=cfg.device)
+    embedder = FaceEmbedder.from_checkpoint(ckpt, device=cfg.device, trust=bool(cfg.get("trust_checkpoint")))
     faces = [load_face(embedder, str(cfg[key]), bool(cfg.cropped), key) for key in ("a", "b")]
     features = embedder.embed(faces, flip=bool(cfg.flip))
     score = float(np.dot(features[0], features[1]))

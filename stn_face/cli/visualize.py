@@ -44,7 +44,7 @@ def main(cfg) -> Path:
         raise InputError(f"no images found below {source}")
     from stn_face.embedder import FaceEmbedder
 
-    embedder = FaceEmbedder.from_checkpoint(ckpt, device=cfg.device)
+    embedder = FaceEmbedder.from_checkpoint(ckpt, device=cfg.device, trust=bool(cfg.get("trust_checkpoint")))
     faces, captions = [], []
     for name, file in zip(names, files):
         try:

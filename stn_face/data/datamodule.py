@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, DistributedSampler
 
+from stn_face.data.augment import eval_transform, train_transform
 from stn_face.data.datasets import (
     FaceImageDataset,
     LabelledImages,
@@ -19,7 +20,6 @@ from stn_face.data.datasets import (
 )
 from stn_face.data.eval_sets import VerificationSet
 from stn_face.data.sampling import ResumableShuffleSampler
-from stn_face.data.transforms import eval_transform, train_transform
 from stn_face.errors import InputError, MissingInputError
 
 log = logging.getLogger(__name__)

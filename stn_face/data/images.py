@@ -27,6 +27,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from stn_face.errors import InputError
 
+#: The pixel normalisation of every network input, said once: RGB ``[0, 255]`` -> ``(v / 255 - MEAN) / STD``,
+#: i.e. ``[-1, 1]`` (the augmentation pipelines, the embedder and the exported models' metadata use these).
+MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
+STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
 DEFAULT_MAX_PIXELS = 40_000_000
 
 

@@ -18,7 +18,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from stn_face.data.transforms import MEAN, STD
+from stn_face.data.images import MEAN, STD
 from stn_face.geometry import grid_lines, square_outline, to_pixel_points
 
 log = logging.getLogger(__name__)

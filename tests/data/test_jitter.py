@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from stn_face.data.augment import eval_transform
 from stn_face.data.datamodule import FaceDataModule
 from stn_face.data.datasets import FaceImageDataset
 from stn_face.data.jitter import JitteredFaceDataset, jitter_homography, jitter_image, rotation_of
-from stn_face.data.transforms import eval_transform
 from tests.helpers import LFW_TRAIN_PEOPLE, prepare_small_lfw
 
 STRONG = {"seed": 0, "rotate_limit": 30, "scale_limit": 0.15, "shift_px": 12, "perspective": 0.05}

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from stn_face.data.augment import train_transform
 from stn_face.data.datasets import FaceImageDataset, RecordImageDataset, scan_identity_folders
 from stn_face.data.recordio import (
     MAGIC,
@@ -29,7 +30,6 @@ from stn_face.data.recordio import (
     write_records,
 )
 from stn_face.data.sampling import ResumableShuffleSampler
-from stn_face.data.transforms import train_transform
 from tests.helpers import expect_input_error
 from tests.packed_helpers import CELEBA_IDENTITIES
 

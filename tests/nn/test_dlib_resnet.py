@@ -37,14 +37,14 @@ def port(dlib_weights) -> DlibResNet:
 
 def _to_data_normalisation(chips: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) RGB -> the data pipeline's tensors, (x / 255 - mean) / std."""
-    from stn_face.data.transforms import MEAN, STD
+    from stn_face.data.augment import MEAN, STD
 
     x = torch.from_numpy(np.ascontiguousarray(chips)).permute(0, 3, 1, 2).float() / 255.0
     return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
 def test_config_normalisation_is_the_data_pipelines():
-    from stn_face.data.transforms import MEAN, STD
+    from stn_face.data.augment import MEAN, STD
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=["backbone=dlib_resnet"])

@@ -15,8 +15,8 @@ from tests.helpers import compose_train
 
 def _lfw_batch(lfw_dir, size: int, count: int = 8) -> TensorDataset:
     """``count`` real LFW photos of 4 people (2 each), resized and normalised as the data pipeline does."""
+    from stn_face.data.augment import eval_transform
     from stn_face.data.images import read_rgb
-    from stn_face.data.transforms import eval_transform
 
     transform = eval_transform(size)
     people = [p for p in sorted((lfw_dir / "lfw-deepfunneled").iterdir()) if len(list(p.glob("*.jpg"))) >= 2]

@@ -1,4 +1,7 @@
-"""Albumentations pipelines for training and evaluation crops."""
+"""The augmentation pipelines (albumentations) for training and evaluation crops: resize, flip, optional
+jitter, normalise (:data:`stn_face.data.images.MEAN` / ``STD``) and HWC uint8 -> CHW float tensor.
+
+(Not to be confused with the spatial transformer's ``transform`` family, :mod:`stn_face.geometry`.)"""
 
 from __future__ import annotations
 
@@ -10,8 +13,9 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
-MEAN = (0.5, 0.5, 0.5)
-STD = (0.5, 0.5, 0.5)
+from stn_face.data.images import MEAN, STD
+
+__all__ = ["MEAN", "STD", "eval_transform", "train_transform"]
 
 
 def eval_transform(image_size: int) -> A.Compose:
