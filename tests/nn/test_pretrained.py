@@ -137,3 +137,13 @@ def test_a_backbone_without_pretrained_weights_says_so(r18_file):
 
     with pytest.raises(PretrainedWeightsError, match="takes no pretrained weights"):
         load_pretrained(PaperResNet(widths=(8, 8, 8, 8), units=(1, 1, 1, 1)), str(r18_file))
+
+
+def test_a_dlib_network_of_another_kind(tmp_path):
+    path = tmp_path / "mmod_human_face_detector.dat"
+    path.write_bytes(b"\x01\x01\x01\x0aloss_mmod_" + b"\x01\x02" * 40)
+    message = _error(DlibResNet(), path)
+    assert "ends in 'loss_mmod_'" in message
+    # for an IResNet it is a dlib file, but not one that backbone=dlib_resnet reads
+    message = _error(IResNet(layers=DEPTHS["iresnet18"], weights="x"), path)
+    assert "another output layer" in message and "backbone=dlib_resnet" not in message

@@ -77,7 +77,13 @@ def describe_file(path: Path) -> tuple[str, str | None]:
     """What a weights file holds, in words, and the backbone option that builds it (or None)."""
     kind = file_kind(path)
     if kind == "dlib":
-        return "a dlib network (dlib_face_recognition_resnet_model_v1 layout)", "dlib_resnet"
+        from stn_face.nn.pretrained.dlib_dat import MAGIC
+
+        with open(path, "rb") as handle:
+            metric = handle.read(len(MAGIC)) == MAGIC
+        if metric:
+            return "a dlib metric-learning network (as dlib_face_recognition_resnet_model_v1)", "dlib_resnet"
+        return "a dlib network with another output layer (not a face descriptor network)", None
     if kind == "torch":
         from stn_face.nn.pretrained import arcface
 
