@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from stn_face.config import CONF_DIR
 from stn_face.training import eval_set_configs
-from tests.helpers import compose_train
+from tests.helpers import compose_train, run_cli
 
 GROUPS = ["transform", "localization", "backbone", "head", "optimizer", "scheduler", "model", "data", "eval",
           "trainer", "logger", "callbacks", "paths", "experiment"]
@@ -18,7 +18,18 @@ BUILDABLE = {"transform", "localization", "head", "optimizer", "eval", "logger",
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml") if not p.stem.startswith("_"))  # _base: not an option
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+def test_help_lists_options_only_not_the_bases():
+    """The bases the options share (``conf/_data_base.yaml``, ``_trainer_base``, ``_transform_learned``,
+    ``_experiment_insightface_rec``) sit at the top of conf/, where ``--help`` does not list them."""
+    assert not [f"{g}/{o}" for g in GROUPS for o in options(g) if o.startswith("_")]
+    result = run_cli(["stn_face.cli.train", "--help"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    groups = result.stdout.split("== Config ==")[0]
+    assert "data: casia_webface" in groups and "transform: affine" in groups and "trainer: cpu" in groups
+    assert "_base" not in groups and "_learned" not in groups and "_insightface" not in groups
 
 
 def test_groups_have_the_documented_options():
