@@ -155,13 +155,13 @@ class _Stream:
 # ------------------------------------------------------------------------------ network layout
 def network_layout(widths: Sequence[int], units: Sequence[int]) -> list[str]:
     """The wrappers of dlib's face recognition network from the output down, as dlib nests them:
-    ``fc``, ``avg_pool`` (everything), the residual units from the last, ``max_pool``, ``relu``,
+    ``fc``, ``avg_pool_all`` (over the whole input), the residual units from the last, ``max_pool``, ``relu``,
     ``affine`` and the input convolution (``input_con``). Layer names are the ``add_layer`` wrappers,
     ``tag`` and ``skip`` the wrappers that hold no layer."""
     unit_down = ["relu", "add_prev", "avg_pool", "skip", "tag", "affine", "con", "relu", "affine", "con", "tag"]
     unit_plain = ["relu", "add_prev", "affine", "con", "relu", "affine", "con", "tag"]
     bottom_up_units = [stage > 0 and index == 0 for stage, count in enumerate(units) for index in range(count)]
-    layout = ["fc", "avg_pool"]
+    layout = ["fc", "avg_pool_all"]
     for downsample in reversed(bottom_up_units):
         layout += unit_down if downsample else unit_plain
     return layout + ["max_pool", "relu", "affine", "input_con"]
@@ -240,13 +240,14 @@ def _fc(stream: _Stream) -> DlibLayer:
     return DlibLayer("fc", tensors)
 
 
-def _pool(kind: str):
+def _pool(kind: str, geometry: tuple[int, ...]):
     def read(stream: _Stream) -> None:
         version = stream.string()
         if version != f"{kind}_2":
             raise stream.fail(f"found layer '{version}' where {kind}_2 belongs")
-        for _ in range(6):  # window rows, columns, strides, paddings: fixed by the network's type
-            stream.integer()
+        found = tuple(stream.integer() for _ in range(6))  # window rows, columns, strides, paddings
+        if found != geometry:
+            raise stream.fail(f"{kind} with window/stride/padding {found}, the network has {geometry}")
     return read
 
 
@@ -263,7 +264,9 @@ def _named(name: str, *accepted: str):
 _LAYER_READERS = {
     "con": _con, "input_con": _con, "affine": _affine, "fc": _fc,
     "relu": _named("relu", "relu_", "relu_2"), "add_prev": _named("add_prev", "add_prev_"),
-    "max_pool": _pool("max_pool"), "avg_pool": _pool("avg_pool"),
+    # dlib's defaults: a pooling with stride 2 has no padding; window 0 pools the whole input
+    "max_pool": _pool("max_pool", (3, 3, 2, 2, 0, 0)), "avg_pool": _pool("avg_pool", (2, 2, 2, 2, 0, 0)),
+    "avg_pool_all": _pool("avg_pool", (0, 0, 1, 1, 0, 0)),
 }
 
 
