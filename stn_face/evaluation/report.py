@@ -13,7 +13,6 @@ Command: ``stn-face-report DIR [--out DIR] [--published DIR]`` (:mod:`stn_face.c
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ from typing import Any
 import yaml
 
 from stn_face.evaluation.artifacts import METRICS_FILE, ROC_FILE, read_run_metrics
+from stn_face.evaluation.tables import MISSING, mean_std, write_csv
 
 __all__ = [
     "PAPER_TABLE3",
@@ -45,7 +45,6 @@ PAPER_TABLE3: dict[str, tuple[float, float]] = {
     "projective": (99.24, 94.6),
 }
 _TRANSFORM_ORDER = list(PAPER_TABLE3)
-_MISSING = "-"
 
 
 @dataclass
@@ -277,16 +276,10 @@ def table_rows(runs: Sequence[Run], root: str | Path, far: str = "1e-3") -> list
 
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None:
-        return _MISSING
+        return MISSING
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
-
-
-def _mean_std(mean: Any, std: Any) -> str:
-    if mean is None:
-        return _MISSING
-    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
 
 
 def _markdown(rows: Sequence[Mapping[str, Any]], far: str) -> str:
@@ -308,18 +301,18 @@ def _markdown(rows: Sequence[Mapping[str, Any]], far: str) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         paper = (
-            f"{row['paper_lfw']:.2f} / {row['paper_ytf']:.1f}" if row["paper_lfw"] is not None else _MISSING
+            f"{row['paper_lfw']:.2f} / {row['paper_ytf']:.1f}" if row["paper_lfw"] is not None else MISSING
         )
         cells = [
             _fmt(row["transform"]),
             _fmt(row["localization"]),
             _fmt(row["training_set"]),
-            _mean_std(row["lfw_acc_mean"], row["lfw_acc_std"]),
-            _mean_std(row["ytf_acc_mean"], row["ytf_acc_std"]),
+            mean_std(row["lfw_acc_mean"], row["lfw_acc_std"]),
+            mean_std(row["ytf_acc_mean"], row["ytf_acc_std"]),
             _fmt(row["lfw_auc"], 4),
             _fmt(row["lfw_eer"]),
             _fmt(row[f"lfw_tar_at_far_{far}"]),
-            *(_mean_std(row[f"{name}_acc_mean"], row[f"{name}_acc_std"]) for name in others),
+            *(mean_std(row[f"{name}_acc_mean"], row[f"{name}_acc_std"]) for name in others),
             paper,
             f"`{row['run']}`",
         ]
@@ -340,14 +333,7 @@ def write_table(
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path = out_dir / "table.md"
     md_path.write_text(_markdown(rows, far))
-    csv_path = out_dir / "table.csv"
-    with csv_path.open("w", newline="") as handle:
-        fieldnames = list(rows[0]) if rows else ["transform"]
-        writer = csv.DictWriter(handle, fieldnames=fieldnames)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    return md_path, csv_path
+    return md_path, write_csv(out_dir / "table.csv", rows, empty_header=["transform"])
 
 
 def _localization(run: Run) -> str | None:

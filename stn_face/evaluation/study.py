@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -25,10 +24,10 @@ import numpy as np
 
 from stn_face.evaluation.comparison import holm, paired_difference, seed_summary
 from stn_face.evaluation.report import Run, benchmark, percent
+from stn_face.evaluation.tables import MISSING, mean_std, write_csv
 
 __all__ = ["Row", "check_labels", "group_by_seed", "median_seed", "paired_comparisons", "row_summaries", "write_study"]
 
-_MISSING = "-"
 
 
 @dataclass
@@ -189,31 +188,42 @@ def paired_comparisons(rows: Sequence[Row], n_boot: int = 10_000, level: float =
 
 
 def _mean_std(summary: Mapping[str, Any], digits: int) -> str:
-    if summary["mean"] is None:
-        return _MISSING
-    return f"{summary['mean']:.{digits}f}" + ("" if summary["std"] is None else f" ± {summary['std']:.{digits}f}")
+    return mean_std(summary["mean"], summary["std"], digits)
 
 
 def _per_seed(summary: Mapping[str, Any], digits: int) -> str:
-    return " / ".join(f"{v:.{digits}f}" for v in summary["values"].values()) or _MISSING
+    return " / ".join(f"{v:.{digits}f}" for v in summary["values"].values()) or MISSING
 
 
 def _seeds_text(seeds: Sequence[int | None]) -> str:
     return ", ".join("?" if s is None else str(s) for s in seeds)
 
 
-def _seeds_markdown(summaries: Sequence[Mapping[str, Any]], far: str) -> str:
+def _protocol_counts(rows: Sequence[Row]) -> tuple[str, str, str]:
+    """The folds, the folds a threshold is chosen on and the pairs of the rows' LFW sets, as words (one
+    value when every run agrees, else a general word), so the notes state what was scored."""
+    sets = [benchmark(run, "lfw") or {} for row in rows for run in row.runs.values()]
+    folds = {s.get("n_folds") for s in sets}
+    pairs = {s.get("n_pairs") for s in sets}
+    k = next(iter(folds)) if len(folds) == 1 and None not in folds else None
+    n = next(iter(pairs)) if len(pairs) == 1 and None not in pairs else None
+    return (f"{k}-fold" if k else "k-fold", f"other {k - 1}" if k else "other", f"all {n:,}" if n else "all")
+
+
+def _seeds_markdown(summaries: Sequence[Mapping[str, Any]], far: str,
+                    counts: tuple[str, str, str] = ("k-fold", "other", "all")) -> str:
     header = ["Row", "Transform", "Seeds", "LFW acc (%)", "per seed", "LFW AUC", "per seed",
               f"TAR@FAR={far} (%)", "per seed"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summaries:
         lines.append("| " + " | ".join([
-            f"`{s['row']}`", s["transform"] or _MISSING, _seeds_text(s["seeds"]),
+            f"`{s['row']}`", s["transform"] or MISSING, _seeds_text(s["seeds"]),
             _mean_std(s["acc"], 2), _per_seed(s["acc"], 2), _mean_std(s["auc"], 4), _per_seed(s["auc"], 4),
             _mean_std(s["tar"], 2), _per_seed(s["tar"], 2)]) + " |")
+    kfold, others, pooled = counts
     note = ("\nMean ± sample standard deviation (ddof=1) across seeds; per-seed values in seed order. Each run's "
-            "accuracy is the 10-fold LFW View 2 accuracy (threshold chosen on the other 9 folds); AUC and "
-            f"TAR@FAR={far} on all 6,000 pairs pooled.\n")
+            f"accuracy is the {kfold} LFW View 2 accuracy (threshold chosen on the {others} folds); AUC and "
+            f"TAR@FAR={far} on {pooled} pairs pooled.\n")
     return "\n".join(lines) + "\n" + note
 
 
@@ -256,16 +266,6 @@ def _paired_markdown(comparisons: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n" + note
 
 
-def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    fieldnames = list(dict.fromkeys(key for row in rows for key in row)) or ["row"]
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fieldnames)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    return path
-
-
 def _flat_summary(s: Mapping[str, Any]) -> dict[str, Any]:
     flat = {"row": s["row"], "transform": s["transform"], "seeds": " ".join(map(str, s["seeds"]))}
     for key in ("acc", "auc", "tar"):
@@ -299,10 +299,10 @@ def write_study(rows: Sequence[Row], out_dir: str | Path, far: str = "1e-3",
     out.mkdir(parents=True, exist_ok=True)
     summaries = row_summaries(rows, far)
     comparisons = paired_comparisons(rows, n_boot=n_boot, extra=compare)
-    (out / "seeds.md").write_text(_seeds_markdown(summaries, far))
+    (out / "seeds.md").write_text(_seeds_markdown(summaries, far, _protocol_counts(rows)))
     (out / "paired.md").write_text(_paired_markdown(comparisons))
-    written = [out / "seeds.md", _write_csv(out / "seeds.csv", [_flat_summary(s) for s in summaries]),
-               out / "paired.md", _write_csv(out / "paired.csv", [_flat_comparison(c) for c in comparisons])]
+    written = [out / "seeds.md", write_csv(out / "seeds.csv", [_flat_summary(s) for s in summaries]),
+               out / "paired.md", write_csv(out / "paired.csv", [_flat_comparison(c) for c in comparisons])]
     curves = {}
     for row in rows:
         seed = median_seed(row)
