@@ -126,3 +126,25 @@ def test_dataparallel_prefix_and_missing_counters_are_accepted(tmp_path):
 def test_without_weights_the_embedding_bn_is_unchanged():
     net = _build("iresnet18", None)
     assert net.weights is None and net.head.bn1d.weight is None  # non-affine, as before
+
+
+def test_face_embedder_from_arcface_weights_alone(tmp_path, one_thread):
+    """FaceEmbedder.from_pretrained (stn-face-embed backbone=iresnet18 backbone.weights=PATH): no
+    transformer, the crop resized to 112 and normalised as the data pipeline does, then arcface_torch's
+    network."""
+    import numpy as np
+
+    from stn_face.data.augment import eval_transform
+    from stn_face.embedder import FaceEmbedder
+
+    layers = DEPTHS["iresnet18"]
+    state = arcface_state_dict(layers, seed=3)
+    torch.save(state, tmp_path / "backbone.pth")
+    config = {"_target_": "stn_face.nn.IResNet", "layers": list(layers), "weights": str(tmp_path / "backbone.pth")}
+    embedder = FaceEmbedder.from_pretrained(config)
+    assert embedder.image_size == 112 and embedder.embedding_size == 512 and embedder.checkpoint_path is None
+    image = np.random.default_rng(0).integers(0, 256, (130, 130, 3), dtype=np.uint8)
+    got = embedder.embed(image, flip=False)
+    x = eval_transform(112)(image=image)["image"][None]
+    expected = F.normalize(reference_forward(state, layers, x))[0].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4)
