@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-__all__ = ["atomic_write", "check_data_file", "check_file_name", "check_npz", "check_relative_path", "check_zip_archive",
+__all__ = ["atomic_write", "check_data_file", "check_file_name", "check_npz", "check_pickle_stream", "check_relative_path", "check_zip_archive",
            "contained_path",
            "read_text_lines"]
 
@@ -212,3 +212,24 @@ def check_file_name(name: str) -> str:
         raise ValueError(f"unsafe name {name!r}: names in this file must be single folder or file names "
                          "(no '/', '..', NUL or control characters)")
     return name
+
+
+_MEMO_OPS = {"BINPUT", "LONG_BINPUT", "PUT", "BINGET", "LONG_BINGET", "GET"}
+
+
+def check_pickle_stream(data: bytes, where: str, what: str) -> None:
+    """Scan a pickle (never unpickle it) before a restricted unpickler reads it: every length it claims
+    (bytes, strings) must be backed by the data, and no memo index may exceed the number of operations
+    (CPython's unpickler allocates both before reading). ``ValueError`` naming ``where`` otherwise."""
+    import io
+    import pickletools
+
+    operations = 0
+    try:
+        for op, arg, _ in pickletools.genops(io.BytesIO(data)):
+            operations += 1
+            if op.name in _MEMO_OPS and isinstance(arg, int) and arg > operations:
+                raise ValueError(f"memo index {arg} after {operations} operations")
+    except Exception as error:  # noqa: BLE001 - pickletools says what is wrong and where
+        raise ValueError(f"{where} is not a readable {what}: damaged pickle "
+                         f"({' '.join(str(error).split())[:160]})") from None

@@ -25,7 +25,7 @@ import numpy as np
 from stn_face.data.eval_sets import VerificationSet, first_per_fold, register_protocol
 from stn_face.data.protocols import Pair
 from stn_face.errors import InputError, MissingInputError
-from stn_face.files import atomic_write
+from stn_face.files import atomic_write, check_pickle_stream
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def read_bin(path: str | Path) -> tuple[list[bytes], np.ndarray, str]:
                               f"and a list of same/different flags): {reason}; {MAKE_ONE}")
 
     try:
+        check_pickle_stream(data, str(path), "pickle")  # lengths and memo indices checked before any allocation
         content = _BinUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as error:  # noqa: BLE001 - any unpickling failure means the same thing here
         raise bad(f"cannot unpickle it ({error})") from None

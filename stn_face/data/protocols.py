@@ -86,13 +86,25 @@ def _numbered_lines(path: Path) -> list[tuple[int, str]]:
     """Non-blank lines of a text file with their 1-based line numbers, right-stripped."""
     if not path.is_file():
         raise MissingInputError(f"protocol file not found: {path}")
-    with path.open("r", encoding="utf-8") as handle:
-        return [(number, line.rstrip("\r\n")) for number, line in enumerate(handle, 1) if line.strip()]
+    from stn_face.files import read_text_lines
+
+    return read_text_lines(path, "protocol file")
 
 
 def _fail(path: Path, number: int | None, what: str) -> ProtocolFormatError:
     where = f"{path}:{number}" if number is not None else str(path)
     return ProtocolFormatError(f"{where}: {what}")
+
+
+def _check_name(path: Path, number: int, name: str) -> None:
+    """A name from a protocol file becomes a path below the image root and the crop cache: one folder
+    level, never ``..``, a separator or a NUL byte (:func:`stn_face.files.check_file_name`)."""
+    from stn_face.files import check_file_name
+
+    try:
+        check_file_name(name)
+    except ValueError as error:
+        raise _fail(path, number, str(error)) from None
 
 
 def _to_int(path: Path, number: int, text: str, what: str) -> int:
@@ -112,6 +124,7 @@ def _parse_lfw_pair_line(path: Path, number: int, line: str, same: bool, fold: i
         if len(fields) != 3:
             raise _fail(path, number, f"expected a same-person pair 'name i j' (3 fields), got {line!r}")
         name, i, j = fields
+        _check_name(path, number, name)
         i_num = _to_int(path, number, i, "image index")
         j_num = _to_int(path, number, j, "image index")
         return Pair(lfw_image_path(name, i_num), lfw_image_path(name, j_num), True, fold)
@@ -120,6 +133,8 @@ def _parse_lfw_pair_line(path: Path, number: int, line: str, same: bool, fold: i
             path, number, f"expected a different-person pair 'name1 i name2 j' (4 fields), got {line!r}"
         )
     name1, i, name2, j = fields
+    _check_name(path, number, name1)
+    _check_name(path, number, name2)
     i_num = _to_int(path, number, i, "image index")
     j_num = _to_int(path, number, j, "image index")
     return Pair(lfw_image_path(name1, i_num), lfw_image_path(name2, j_num), False, fold)
@@ -248,6 +263,8 @@ def read_ytf_splits(path: str | Path) -> list[Pair]:
         for video in fields[2:4]:
             if video.count("/") != 1 or not all(video.split("/")):
                 raise _fail(path, number, f"expected a video 'Name/video', got {video!r}")
+            for part in video.split("/"):
+                _check_name(path, number, part)
         pairs.append(Pair(fields[2], fields[3], fields[4] == "1", split - 1))
     return pairs
 

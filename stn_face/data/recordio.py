@@ -36,6 +36,7 @@ _HEADER = struct.Struct("<IfQQ")
 _LENGTH_BITS = 29
 _WHOLE, _FIRST, _MIDDLE, _LAST = 0, 1, 2, 3
 
+MAX_IMAGE_SIDE = 65_536  # a property file's height and width; larger is not an image size but damage
 REC_FILE, IDX_FILE, PROPERTY_FILE, NAMES_FILE = "train.rec", "train.idx", "property", "identities.txt"
 REBUILD_HINT = ("rebuild the index with `stn-face-pack index {rec}`; if that stops at a bad record too, the .rec "
                 "is damaged: copy or download it again")
@@ -134,11 +135,11 @@ def unframe(data: bytes | memoryview) -> tuple[bytes, int]:
 def read_index(path: str | Path) -> dict[int, int]:
     """``key -> byte offset`` from an ``.idx`` file."""
     index: dict[int, int] = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, line in _text_lines(Path(path), "RecordIO index (.idx)"):
         try:
             key, offset = (int(v) for v in line.split("\t"))
+            if key < 0 or offset < 0:
+                raise ValueError
         except ValueError:
             raise RecordIOError(f"{path}:{number}: expected 'key<TAB>offset', got {line!r}; "
                                 + REBUILD_HINT.format(rec=Path(path).with_suffix(".rec"))) from None
@@ -147,6 +148,17 @@ def read_index(path: str | Path) -> dict[int, int]:
                                 + REBUILD_HINT.format(rec=Path(path).with_suffix(".rec")))
         index[key] = offset
     return index
+
+
+def _text_lines(path: Path, what: str) -> list[tuple[int, str]]:
+    """Numbered non-blank lines of a small text file of a packed set; a binary, non-UTF-8 or huge file is a
+    :class:`RecordIOError` naming it (:func:`stn_face.files.read_text_lines`)."""
+    from stn_face.files import read_text_lines
+
+    try:
+        return read_text_lines(path, what)
+    except InputError as error:
+        raise RecordIOError(str(error)) from None
 
 
 def write_index(path: Path, entries: list[tuple[int, int]]) -> None:
@@ -320,10 +332,10 @@ class PackedSet:
 
 def read_property(path: Path) -> tuple[int, tuple[int, int] | None]:
     """``(identities, (height, width))`` of a ``property`` file (``85742,112,112``)."""
-    text = path.read_text().strip()
+    text = " ".join(line for _, line in _text_lines(path, "property file")).strip()
     try:
         values = [int(v) for v in text.split(",")]
-        if len(values) not in (1, 3) or values[0] < 1:
+        if len(values) not in (1, 3) or values[0] < 1 or not all(0 < v <= MAX_IMAGE_SIDE for v in values[1:]):
             raise ValueError
     except ValueError:
         raise RecordIOError(f"{path}: expected '<identities>,<height>,<width>' (like 85742,112,112), got "
@@ -346,7 +358,7 @@ def open_packed(directory: str | Path, check_records: int = 1000) -> PackedSet:
     if 0 in records.index:
         first = records.read(0)
         if first.flag > 0 and len(first.label) >= 2:  # insightface's header record
-            start, end = int(first.label[0]), int(first.label[1])
+            start, end = _header_range(records, first.label)
             missing = [k for k in range(1, start) if k not in records.index]
             if missing:
                 raise RecordIOError(
@@ -366,13 +378,27 @@ def open_packed(directory: str | Path, check_records: int = 1000) -> PackedSet:
         raise RecordIOError(f"{property_path} says {num_classes} identities but the header record of "
                             f"{records.rec_path} has {identities_in_header} identity records: they come from "
                             "different sets; use the property file shipped with this train.rec")
+    if num_classes > len(records.index):  # every identity has a record: a bigger count is damage, not a set
+        raise RecordIOError(f"{property_path} says {num_classes} identities but {records.idx_path} lists only "
+                            f"{len(records.index)} records; use the property file shipped with this train.rec")
     names_path = directory / NAMES_FILE
-    names = [line for line in names_path.read_text().splitlines() if line] if names_path.is_file() else []
+    names = [line for _, line in _text_lines(names_path, "identity names file")] if names_path.is_file() else []
     if names and len(names) != num_classes:
         raise RecordIOError(f"{names_path} names {len(names)} identities, {property_path} says {num_classes}; "
                             "delete the names file or re-pack the set")
     return PackedSet(directory, records, np.asarray(keys, dtype=np.int64), num_classes, image_size,
                      names or [str(i) for i in range(num_classes)])
+
+
+def _header_range(records: RecordFile, labels: np.ndarray) -> tuple[int, int]:
+    """The ``(first identity record, end)`` of insightface's header record, checked against the index
+    before anything is counted or allocated for it."""
+    start, end = float(labels[0]), float(labels[1])
+    if not (np.isfinite(start) and np.isfinite(end) and 1 <= start <= end <= len(records.index) + 1):
+        raise RecordIOError(f"{records.rec_path} record 0 announces records {start:g}..{end:g}, but "
+                            f"{records.idx_path} lists {len(records.index)} records: the header record is damaged "
+                            "or the .idx belongs to another .rec; " + REBUILD_HINT.format(rec=records.rec_path))
+    return int(start), int(end)
 
 
 def iter_insightface_rec(directory: str | Path) -> Iterator[tuple[int, int, bytes]]:
@@ -381,6 +407,9 @@ def iter_insightface_rec(directory: str | Path) -> Iterator[tuple[int, int, byte
     with packed.records as records:
         for key in packed.keys.tolist():
             record = records.read(key)
+            if not (np.isfinite(record.identity) and 0 <= record.identity < packed.num_classes):
+                raise RecordIOError(f"{records.rec_path} record {key} has label {record.identity:g}, not one of the "
+                                    f"{packed.num_classes} identities; the .rec is damaged or not a training set")
             yield key, int(record.identity), record.payload
 
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from stn_face.data.eval_sets import MissingEmbeddingsError, missing_file_hint
 from stn_face.errors import InputError, MissingInputError
 from stn_face.evaluation.verification import ScoredPairs, evaluate_verification, l2_normalize
+from stn_face.files import check_npz
 
 __all__ = ["MissingEmbeddingsError", "attach_embeddings", "build_eval_set", "load_embeddings", "score_checkpoint",
            "score_embeddings", "set_metrics"]
@@ -94,6 +95,7 @@ def load_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
         raise MissingInputError(f"embeddings file not found: {path}; pass embeddings=FILE.npz (from stn-face-embed "
                                 "or any model: arrays `names` and `embeddings`)")
     try:
+        check_npz(path)  # a zip of plain .npy arrays whose headers claim no more than they hold
         with np.load(path, allow_pickle=False) as data:
             if "names" not in data or "embeddings" not in data:
                 raise InputError(f"{path} must hold the arrays `names` (N paths relative to the image root) and "

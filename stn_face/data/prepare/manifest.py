@@ -69,12 +69,38 @@ def read_manifest(output_dir: str | os.PathLike) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8", errors="replace") as handle:
         reader = csv.DictReader(handle)
         try:
+            if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
+                raise _not_a_manifest(path, f"its first line is {','.join(reader.fieldnames or [])[:80]!r}, not "
+                                            f"the header {','.join(MANIFEST_COLUMNS)}")
             for row in reader:
                 if _valid_row(row):
+                    _check_row_paths(path, reader.line_num, row)
                     rows[row["source"]] = {c: row[c] for c in MANIFEST_COLUMNS}
-        except csv.Error:  # a line cut in the middle of a quoted field
-            pass
+        except csv.Error as error:  # a line cut in the middle of a quoted field: only the last one may be
+            if handle.read().strip():
+                raise _not_a_manifest(path, f"line {reader.line_num} cannot be read ({error}) and more follows") from None
     return [rows[s] for s in sorted(rows)]
+
+
+def _not_a_manifest(path: Path, problem: str) -> Exception:
+    from stn_face.errors import HostileInputError
+
+    return HostileInputError(f"{path} is not a manifest stn-face-prepare can use: {problem}; it is left as it is: "
+                             "move it away (or delete it) to prepare this folder afresh")
+
+
+def _check_row_paths(path: Path, line: int, row: Mapping[str, str]) -> None:
+    """The ``source`` and ``output`` of a row become paths below the input and output folders (crops are
+    written, replaced and deleted there): a name that would leave them stops the run before any write."""
+    from stn_face.errors import InputError
+    from stn_face.files import check_relative_path
+
+    for column in ("source", "output"):
+        if row[column]:
+            try:
+                check_relative_path(row[column], f"{column}")
+            except InputError as error:
+                raise _not_a_manifest(path, f"line {line}: {error}") from None
 
 
 def crop_path_map(output_dir: str | os.PathLike) -> dict[str, Path]:
