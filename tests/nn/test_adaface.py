@@ -147,3 +147,19 @@ def test_real_training_with_adaface_lowers_the_loss(lfw_dir, tmp_path):
     assert len(losses) == 12 and all(math.isfinite(v) for v in losses)
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
     assert model.head.batch_mean.item() != 20.0 and model.head.batch_std.item() < 100.0
+
+
+@pytest.mark.slow
+def test_smoke_run_trains_adaface_and_its_checkpoint_keeps_the_statistics(lfw_dir, tmp_path):
+    """`stn-face-train experiment=smoke head=adaface`: the CLI path end to end, and the running
+    statistics are in last.ckpt (read tensors-only)."""
+    from stn_face.checkpoint import load_checkpoint
+    from tests.helpers import run_cli
+
+    result = run_cli(["stn_face.cli.train", "experiment=smoke", "head=adaface", "trainer.max_steps=6",
+                      "trainer.val_check_interval=6", "eval.max_pairs_per_fold=20", f"paths.log_dir={tmp_path}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    (ckpt_path,) = tmp_path.rglob("last.ckpt")
+    state = load_checkpoint(ckpt_path)["state_dict"]
+    assert float(state["head.batch_mean"]) != 20.0 and float(state["head.batch_std"]) != 100.0
+    assert (ckpt_path.parent.parent / "metrics.json").exists()
