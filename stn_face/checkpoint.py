@@ -223,15 +223,22 @@ def model_config(cfg: Any) -> dict[str, Any]:
     return result
 
 
-def checkpoint_model_config(ckpt: Mapping[str, Any], path: str | os.PathLike) -> dict[str, Any]:
-    """The network configs of a checkpoint: its ``model_config``, else the run's ``.hydra/config.yaml``."""
+def checkpoint_model_config(ckpt: Mapping[str, Any], path: str | os.PathLike,
+                            allowed_targets: Sequence[str] = ("stn_face.",)) -> dict[str, Any]:
+    """The network configs of a checkpoint: its ``model_config``, else the run's ``.hydra/config.yaml``.
+
+    Every ``_target_`` in them must be a ``torch.nn.Module`` class under ``allowed_targets``
+    (:func:`check_targets`): Hydra would call whatever they name with the file's arguments."""
     config = ckpt.get("model_config")
     if isinstance(config, dict) and config.get("transform") and config.get("backbone"):
+        check_targets(config, str(path), allowed_targets)
         return config
     path = Path(path)
     for hydra_file in (path.parent.parent / ".hydra" / "config.yaml", path.parent / ".hydra" / "config.yaml"):
         if hydra_file.is_file():
-            return _config_from_hydra_file(hydra_file)
+            config = _config_from_hydra_file(hydra_file)
+            check_targets(config, str(hydra_file), allowed_targets)
+            return config
     raise CheckpointError(
         f"{path} does not say which network it holds: it has no `model_config` (checkpoints of "
         "stn-face-train store one) and no .hydra/config.yaml was found in its run folder; it may come from "
@@ -260,13 +267,48 @@ def _targets(node: Any) -> list[str]:
     return []
 
 
+def check_targets(config: Mapping[str, Any], where: str, allowed_targets: Sequence[str] = ("stn_face.",)) -> None:
+    """Refuse a stored network config whose ``_target_`` s (in ``transform``, ``localization``, ``backbone``,
+    ``head``) are not ``torch.nn.Module`` classes under ``allowed_targets``: building it would call a
+    function named by the file (``os.system``, or one of ours that writes files) with the file's arguments.
+    Targets outside ``allowed_targets`` are refused without importing them."""
+    targets = [t for key in MODEL_CONFIG_KEYS for t in _targets(config.get(key))]
+    foreign = [t for t in targets if not t.startswith(tuple(allowed_targets))]
+    if foreign:
+        raise CheckpointError(f"the model config of {where} names classes outside {list(allowed_targets)}: "
+                              f"{', '.join(foreign)}; pass allowed_targets=... to build them")
+    not_modules = [t for t in targets if not _is_module_class(t)]
+    if not_modules:
+        raise CheckpointError(f"the model config of {where} names {', '.join(not_modules)}, which is not a "
+                              "network class (torch.nn.Module); refused: a stored config only builds networks")
+
+
+def _is_module_class(target: str) -> bool:
+    """Whether ``target`` (``package.module.Name``) names a ``torch.nn.Module`` subclass."""
+    import importlib
+    import inspect
+
+    module_name, _, name = target.rpartition(".")
+    while module_name:
+        try:
+            found: Any = importlib.import_module(module_name)
+        except ImportError:
+            module_name, _, outer = module_name.rpartition(".")
+            name = f"{outer}.{name}"
+            continue
+        for part in name.split("."):
+            found = getattr(found, part, None)
+        return inspect.isclass(found) and issubclass(found, nn.Module)
+    return False
+
+
 def build_network(config: Mapping[str, Any], where: str = "the checkpoint",
                   allowed_targets: Sequence[str] = ("stn_face.",)):
     """Instantiate the :class:`~stn_face.nn.EmbeddingNet` (spatial transformer + backbone) of a
     ``model_config``.
 
-    Only classes under ``allowed_targets`` (module prefixes) are built, so a checkpoint cannot make us
-    call arbitrary functions (it is read with ``weights_only``)."""
+    Only ``torch.nn.Module`` classes under ``allowed_targets`` (module prefixes) are built, so a checkpoint
+    cannot make us call arbitrary functions, ours included (it is read with ``weights_only``)."""
     from hydra.utils import instantiate
 
     from stn_face.nn.embedding import EmbeddingNet
@@ -274,10 +316,7 @@ def build_network(config: Mapping[str, Any], where: str = "the checkpoint",
     for key in ("transform", "backbone"):
         if not isinstance(config.get(key), dict):
             raise CheckpointError(f"the model config of {where} has no `{key}` section")
-        foreign = [t for t in _targets(config[key]) if not t.startswith(tuple(allowed_targets))]
-        if foreign:
-            raise CheckpointError(f"the model config of {where} names classes outside {list(allowed_targets)}: "
-                                  f"{', '.join(foreign)}; pass allowed_targets=... to build them")
+    check_targets(config, where, allowed_targets)
     try:
         transformer = instantiate(config["transform"])
         backbone = instantiate(config["backbone"])

@@ -91,7 +91,7 @@ class FaceEmbedder:
         """
         ckpt = load_checkpoint(path, trust=trust)
         where = ckpt["_path"]
-        config = checkpoint_model_config(ckpt, where)
+        config = checkpoint_model_config(ckpt, where, allowed_targets)
         net = build_network(config, where, allowed_targets)
         load_weights(net, ckpt["state_dict"], where)
         data_state = ckpt.get("FaceDataModule") or {}

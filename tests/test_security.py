@@ -182,7 +182,8 @@ def test_stn_face_train_checkpoints_resume_and_evaluate_without_opt_in(trained, 
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_use_a_model_command_refuses_payloads(trained, kind, lfw_dir, tmp_path, capsys):
-    from stn_face.cli import embed, eval as eval_cli, export, verify, visualize
+    from stn_face.cli import embed, export, verify, visualize
+    from stn_face.cli import eval as eval_cli
 
     marker, path = tmp_path / "PWNED", tmp_path / "evil.ckpt"
     name = write_payload(torch.load(trained["arcface"], weights_only=True), kind, marker, path)
@@ -307,3 +308,35 @@ def test_pickle_of_plain_python_is_still_refused_when_it_imports(tmp_path):
     with pytest.raises(UntrustedFileError):
         safe_torch_load(path, what="weights file")
     assert not marker.exists()
+
+
+# ------------------------------------------------------------- stored network configs build networks only
+def _config_calling(target: str, **arguments) -> dict:
+    return {"format": 1, "transform": {"_target_": "stn_face.nn.SpatialTransformer", "transform": "identity"},
+            "backbone": {"_target_": "stn_face.nn.PaperResNet"}, "head": {"_target_": target, **arguments}}
+
+
+@pytest.mark.parametrize("target, arguments", [
+    ("os.system", {"_args_": ["touch {marker}"]}),
+    ("builtins.exec", {"_args_": ["open({marker!r}, 'w').close()"]}),
+    ("stn_face.data.recordio.write_index", {"path": "{marker}", "entries": [[0, 0]]}),  # ours, and it writes files
+])
+def test_stored_network_configs_name_only_network_classes(target, arguments, tmp_path):
+    """A checkpoint's model_config is instantiated by Hydra: a `_target_` that is a function (anyone's, ours
+    included) would be called with the file's arguments. FaceEmbedder and train=false refuse it."""
+    from stn_face.embedder import FaceEmbedder
+    from stn_face.training.run import use_checkpoint_network
+
+    marker = tmp_path / "PWNED"
+    filled = {k: ([a.format(marker=str(marker)) for a in v] if k == "_args_" else
+                  v.format(marker=str(marker)) if isinstance(v, str) else v) for k, v in arguments.items()}
+    config = _config_calling(target, **filled)
+    for key in ("head", "transform"):
+        ckpt = {**small_checkpoint(), "model_config": {**config, key: config["head"]} if key == "transform" else config}
+        path = tmp_path / f"{key}.ckpt"
+        torch.save(ckpt, path)
+        with pytest.raises(CheckpointError, match=target.replace(".", r"\.")):
+            FaceEmbedder.from_checkpoint(path)
+        with pytest.raises(CheckpointError, match=target.replace(".", r"\.")):
+            use_checkpoint_network(compose_train([]), load_checkpoint(path))
+        assert not marker.exists()

@@ -483,3 +483,48 @@ def test_export_of_a_rec_writes_only_below_the_output(small_pack, tmp_path):
     assert export_to_folders(small_pack, out) == 9
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert written and all(out in p.parents for p in written)
+
+
+# ---------------------------------------------------------------------------- dlib .dat (backbone.weights)
+@pytest.fixture(scope="module")
+def dlib_dat() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("face-recognition-models is not installed (pip install -e .[dev])")
+    return Path(list(spec.submodule_search_locations)[0]) / "models" / "dlib_face_recognition_resnet_model_v1.dat"
+
+
+def load_dat(path: Path):
+    from stn_face.nn import DlibResNet
+    from stn_face.nn.pretrained import load_pretrained
+
+    return load_pretrained(DlibResNet(weights=str(path)))
+
+
+def test_dlib_dat_hostile_cases_are_one_error(dlib_dat, tmp_path):
+    data = dlib_dat.read_bytes()
+    claim = bytearray(data)
+    claim[40:48] = (2**62).to_bytes(8, "little")
+    cases = {"empty": b"", "truncated": data[: len(data) // 2], "cut after the header": data[:64],
+             "a JPEG": jpeg(1), "a checkpoint": _checkpoint_bytes(), "a claim in the header": bytes(claim),
+             "trailing junk": data + b"\x00" * 16}
+    for label, content in cases.items():
+        path = _write(tmp_path / f"{label.replace(' ', '_')}.dat", content)
+        try:
+            refused(load_dat, path)
+        except BaseException:
+            print(label)
+            raise
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_corruptions_of_a_dlib_dat(dlib_dat, tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("fuzz") / "dlib.dat"
+    raw = dlib_dat.read_bytes()
+    head = data.draw(st.integers(0, 4096))  # the layer descriptions and tensor headers sit between the weights
+    path.write_bytes(corrupt(raw[: 4096 + head], data.draw) + raw[4096 + head:])
+    survives(load_dat, path)
