@@ -11,7 +11,7 @@ the next chunk of photos, in a rotating order, so load from other jobs on a shar
 all configurations alike. CPU time (``time.process_time``) is the figure that does not depend on that
 load; images/s is wall-clock and does.
 
-Landmark accuracy needs no labels: the mirror test (:mod:`stn_face.data.mtcnn_accuracy`), and, when
+Landmark accuracy needs no labels: the mirror test (``mtcnn_accuracy.py`` beside this script), and, when
 ``dlib`` and ``face_recognition_models`` are installed (``pip install dlib-bin
 face-recognition-models``; not project dependencies), agreement of the eye points with the eye
 centres (mean of the two corners) of dlib's 5-point shape predictor on dlib's own HOG face box.
@@ -30,10 +30,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from mtcnn_accuracy import eye_agreement, mirror_test
 
 from stn_face.data.detect import MTCNNDetector, select_face
 from stn_face.data.images import read_rgb
-from stn_face.data.mtcnn_accuracy import eye_agreement, mirror_test
 
 
 def machine() -> str:

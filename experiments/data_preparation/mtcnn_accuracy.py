@@ -1,4 +1,5 @@
-"""Landmark accuracy of a 5-point face detector: the mirror test and agreement with a reference.
+"""Landmark accuracy of a 5-point face detector: the mirror test and agreement with a reference (this
+experiment's measurement, used by ``measure_detector.py`` and ``onnx_by_opencv.py`` beside it).
 
 Errors are in inter-ocular distances (IOD, the distance between the two eye points), per image.
 Points are ``(5, 2)`` arrays ``(x, y)`` in the order of :mod:`stn_face.data.detect` (left eye, right

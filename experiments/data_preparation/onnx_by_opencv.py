@@ -18,10 +18,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from mtcnn_accuracy import mirror_test
 
 from stn_face.data.detect import MTCNNDetector
 from stn_face.data.images import read_rgb
-from stn_face.data.mtcnn_accuracy import mirror_test
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ from stn_face.data.detect import (
     select_face,
 )
 from stn_face.data.images import read_rgb
-from stn_face.data.mtcnn_accuracy import mirror_points, mirror_test
 from stn_face.data.mtcnn_nets import (
     NET_NAMES,
     TorchNets,
@@ -30,6 +29,24 @@ from stn_face.data.mtcnn_nets import (
     shelf_pack,
 )
 from stn_face.errors import InputError
+from stn_face.paths import REPO_ROOT
+
+
+def _mtcnn_accuracy():
+    """The detector measurement of experiments/data_preparation (an experiment's code, not the package's)."""
+    import importlib.util
+    import sys
+
+    path = REPO_ROOT / "experiments" / "data_preparation" / "mtcnn_accuracy.py"
+    spec = importlib.util.spec_from_file_location("data_preparation_mtcnn_accuracy", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+_accuracy = _mtcnn_accuracy()
+mirror_points, mirror_test = _accuracy.mirror_points, _accuracy.mirror_test
 
 LFW_IMAGES = [
     "Aaron_Peirsol/Aaron_Peirsol_0001.jpg",
