@@ -320,10 +320,12 @@ def _config_calling(target: str, **arguments) -> dict:
     ("os.system", {"_args_": ["touch {marker}"]}),
     ("builtins.exec", {"_args_": ["open({marker!r}, 'w').close()"]}),
     ("stn_face.data.recordio.write_index", {"path": "{marker}", "entries": [[0, 0]]}),  # ours, and it writes files
+    ("pathlib.Path.touch", {"_args_": ["{marker}"]}),  # not on Hydra's own blocklist: it ran before the check
 ])
 def test_stored_network_configs_name_only_network_classes(target, arguments, tmp_path):
     """A checkpoint's model_config is instantiated by Hydra: a `_target_` that is a function (anyone's, ours
-    included) would be called with the file's arguments. FaceEmbedder and train=false refuse it."""
+    included) would be called with the file's arguments. Hydra blocks a few (os.system, subprocess, exec), not
+    pathlib.Path.touch, shutil.rmtree or our own writers. FaceEmbedder and train=false refuse them all."""
     from stn_face.embedder import FaceEmbedder
     from stn_face.training.run import use_checkpoint_network
 
