@@ -86,6 +86,7 @@ class FaceDataModule(L.LightningDataModule):
         self.prepare_workers = prepare_workers
         self.augment = dict(augment or {})
         self.eval_sets = list(eval_sets)
+        self._prepared: dict[str, bool] = {}  # the parts prepared in this process (prepare_data)
         self.pin_memory = pin_memory
         # deterministic per-image geometric jitter of the evaluation crops (stn_face.data.jitter)
         self.eval_jitter = dict(eval_jitter) if eval_jitter else None
@@ -118,11 +119,29 @@ class FaceDataModule(L.LightningDataModule):
         return files
 
     def prepare_data(self) -> None:
-        """Run MTCNN preparation of the training photos and of every verification set (rank 0 only)."""
-        self.prepare_train_data()
+        """Run MTCNN preparation of the training photos (when the trainer fits, or outside a trainer) and of
+        every verification set (rank 0 only). Each part is prepared once per process: the training job
+        prepares before it builds the model (the class count) and Lightning's ``prepare_data`` asks again;
+        ``train=false`` (``trainer.validate``) prepares the verification sets only."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn in (None, "fit"):
+            self.prepare_train_data()
         self.prepare_eval_data()
 
     def prepare_train_data(self) -> None:
+        if self._prepared.get("train"):
+            return
+        self._prepare_train_data()
+        self._prepared["train"] = True
+
+    def prepare_eval_data(self) -> None:
+        if self._prepared.get("eval"):
+            return
+        for eval_set in self.eval_sets:
+            eval_set.load().prepare(self.crop, workers=self.prepare_workers)
+        self._prepared["eval"] = True
+
+    def _prepare_train_data(self) -> None:
         if self.raw_root is None and not Path(self.root).is_dir():
             # a prepared folder that is not there: say so now, before the evaluation sets are prepared
             scan_identity_folders(self.root, self.min_images_per_identity)
@@ -136,10 +155,6 @@ class FaceDataModule(L.LightningDataModule):
             settings, options = CropSettings.split(self.crop)
             prepare_collection(self.raw_root, self.root, settings, files=self._raw_files(),
                                workers=self.prepare_workers, replace_stale=True, **options)
-
-    def prepare_eval_data(self) -> None:
-        for eval_set in self.eval_sets:
-            eval_set.load().prepare(self.crop, workers=self.prepare_workers)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_set is None and self.source == "rec":

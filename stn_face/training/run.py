@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,12 @@ def resolve_ckpt_path(value: str | None, cfg: DictConfig) -> str | None:
         return None
     if value == "last":
         path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-        return str(path) if path.exists() else None
+        if path.exists():
+            return str(path)
+        from stn_face.training.progress import no_checkpoint_to_resume
+
+        no_checkpoint_to_resume(path.parent, required=bool(cfg.get("resume_required", False)))
+        return None
     return str(resolve_checkpoint(value, option="ckpt_path"))
 
 
@@ -43,8 +49,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (``train=true``) or validate a checkpoint (``train=false``); returns the ``metrics.json`` record."""
     from stn_face.checkpoint import check_compatible, load_checkpoint, model_config
     from stn_face.training.loggers import finish_loggers, log_hyperparameters
-    from stn_face.training.progress import announce_run, report_interrupt
+    from stn_face.training.progress import announce_run, quiet_library_logs, report_interrupt, report_result
+    from stn_face.training.settings_check import check_settings
 
+    started = time.monotonic()
+    check_settings(cfg)  # the CLI checked already (before making the run folder); configs composed in Python
+    quiet_library_logs()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     fitting = bool(cfg.get("train", True))
@@ -91,8 +101,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         announce_run(cfg.paths.output_dir, trainer.max_steps, fitting, checkpoint_every,
                      loggers=[name for name, c in (cfg.get("logger") or {}).items() if c])
     if fitting:
-        if ckpt_path:
-            log.info("resuming from %s", ckpt_path)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted and trainer.is_global_zero:
             report_interrupt(cfg.paths.output_dir, trainer.global_step, checkpoint_every)
@@ -106,7 +114,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         from stn_face.evaluation.artifacts import write_metrics
 
         path = write_metrics(cfg.paths.output_dir, record)
-        log.info("metrics written to %s", path)
+        report_result(record, path, time.monotonic() - started)
     finish_loggers(trainer)
     return record
 
