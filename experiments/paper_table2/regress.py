@@ -43,14 +43,9 @@ from stn_face.data.prepare import MANIFEST_NAME, parse_numbers, read_manifest
 from stn_face.data.prepare.crop import points_in_face_crop
 from stn_face.errors import InputError, friendly_errors
 from stn_face.geometry import resize_antialiased
-from stn_face.nn.landmark_regression import (
-    COORDINATES,
-    fit,
-    landmark_mse,
-    mse_in,
-    predict,
-    unit_to,
-)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # landmark_fit.py beside this script, however it is run
+from landmark_fit import COORDINATES, fit, landmark_mse, mse_in, predict, unit_to
 
 log = logging.getLogger("paper_table2.regress")
 # written by the preparation beside manifest.csv; records the detector that found the landmarks

@@ -16,14 +16,6 @@ from stn_face.config import CONF_DIR
 from stn_face.data.images import read_rgb
 from stn_face.data.prepare import parse_numbers, read_manifest, square_crop
 from stn_face.data.prepare.crop import points_in_face_crop
-from stn_face.nn.landmark_regression import (
-    GRID_MSE_PER_UNIT_MSE,
-    landmark_mse,
-    mse_in,
-    pixels_to_unit,
-    predict,
-    unit_to,
-)
 from stn_face.paths import REPO_ROOT, cache_dir
 
 SCRIPT = REPO_ROOT / "experiments" / "paper_table2" / "regress.py"
@@ -36,6 +28,19 @@ def _script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _fit_module():
+    """The experiment's own coordinates, loss and fit loop (experiments/paper_table2/landmark_fit.py)."""
+    spec = importlib.util.spec_from_file_location("landmark_fit", SCRIPT.parent / "landmark_fit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_fit = _fit_module()
+GRID_MSE_PER_UNIT_MSE, landmark_mse, mse_in = _fit.GRID_MSE_PER_UNIT_MSE, _fit.landmark_mse, _fit.mse_in
+pixels_to_unit, predict, unit_to = _fit.pixels_to_unit, _fit.predict, _fit.unit_to
 
 
 def _config(overrides: list[str]):
