@@ -18,8 +18,12 @@ from stn_face.cli.entry import hydra_command, run_module
 @hydra_command("train")
 def main(cfg) -> dict[str, Any]:
     from stn_face.training import train
+    from stn_face.training.interrupt import exit_on_interrupt
 
-    return train(cfg)
+    # a signal while training is a checkpoint and an exit 128 + signal (callbacks.interrupt_checkpoint);
+    # Ctrl-C before the first step has nothing to save: one line and exit 130
+    with exit_on_interrupt():
+        return train(cfg)
 
 
 if __name__ == "__main__":

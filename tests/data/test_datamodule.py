@@ -41,3 +41,34 @@ def test_checkpoint_state_keeps_the_identities(faces: Path) -> None:
 def test_unknown_source_is_an_input_error(faces: Path) -> None:
     with pytest.raises(InputError, match=r"data\.source=zip"):
         FaceDataModule(root=str(faces), source="zip")
+
+
+class _EvalSet:
+    def __init__(self) -> None:
+        self.prepared = 0
+
+    def load(self):
+        return self
+
+    def prepare(self, crop, workers) -> None:
+        self.prepared += 1
+
+
+def test_prepare_data_does_each_part_once_and_under_validate_only_the_evaluation_sets(faces, monkeypatch):
+    """train=false (trainer.validate) touches no training photo; the training job's own call and Lightning's
+    second one prepare once."""
+    from types import SimpleNamespace
+
+    trained: list[bool] = []
+    monkeypatch.setattr(FaceDataModule, "_prepare_train_data", lambda self: trained.append(True))
+    eval_set = _EvalSet()
+    module = FaceDataModule(root=str(faces), eval_sets=[eval_set], num_workers=0)
+    module.trainer = SimpleNamespace(state=SimpleNamespace(fn="validate"))
+    module.prepare_eval_data()
+    module.prepare_data()  # what Lightning's trainer.validate calls
+    assert trained == [] and eval_set.prepared == 1
+    fitting = FaceDataModule(root=str(faces), eval_sets=[eval_set], num_workers=0)
+    fitting.prepare_data()  # the training job, before it builds the model
+    fitting.trainer = SimpleNamespace(state=SimpleNamespace(fn="fit"))
+    fitting.prepare_data()  # Lightning's trainer.fit
+    assert trained == [True] and eval_set.prepared == 2
