@@ -30,9 +30,15 @@ from stn_face.data.bin_sets import read_bin, write_bin
 from stn_face.data.datasets import RecordImageDataset
 from stn_face.data.images import ImageReadError, decode_rgb, read_rgb
 from stn_face.data.pack import pack_folders
-from stn_face.data.prepare.manifest import MANIFEST_NAME, crop_path_map, manifest_row, read_manifest, write_manifest
+from stn_face.data.prepare.manifest import (
+    MANIFEST_NAME,
+    crop_path_map,
+    manifest_row,
+    read_manifest,
+    write_manifest,
+)
 from stn_face.data.protocols import read_lfw_pairs, read_ytf_splits
-from stn_face.data.recordio import open_packed, rebuild_index
+from stn_face.data.recordio import rebuild_index
 from stn_face.errors import InputError
 from stn_face.evaluation.scoring import load_embeddings
 from stn_face.files import check_relative_path, contained_path
@@ -161,7 +167,8 @@ def test_rec_and_idx_hostile_cases_are_one_error(small_pack, tmp_path):
             assert str(pack) in message, (file, label, message)
     # a header record announcing 2^31 image records
     pack = _copy(small_pack, tmp_path)
-    from stn_face.data.recordio import pack as pack_record, write_records
+    from stn_face.data.recordio import pack as pack_record
+    from stn_face.data.recordio import write_records
 
     payloads = [pack_record(0, b"", labels=np.array([2.0**31, 2.0**31 + 3]))]
     payloads += [pack_record(float(i % 3), jpeg(i), id1=i) for i in range(1, 4)]
@@ -436,8 +443,8 @@ def test_prepare_stops_on_a_hostile_manifest_before_writing(tmp_path):
     out.mkdir()
     victim = tmp_path / "victim.jpg"
     victim.write_bytes(b"someone else's file")
-    hostile = ("source,identity,output,box,landmarks,score,status\n"
-               "a/1.jpg,a,../victim.jpg,,,,failed: x\n").encode()
+    hostile = (b"source,identity,output,box,landmarks,score,status\n"
+               b"a/1.jpg,a,../victim.jpg,,,,failed: x\n")
     (out / MANIFEST_NAME).write_bytes(hostile)
     with pytest.raises(InputError, match="manifest"):
         prepare_collection(tmp_path / "raw", out, workers=1, progress=False)
@@ -493,7 +500,7 @@ def dlib_dat() -> Path:
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("face-recognition-models is not installed (pip install -e .[dev])")
-    return Path(list(spec.submodule_search_locations)[0]) / "models" / "dlib_face_recognition_resnet_model_v1.dat"
+    return Path(next(iter(spec.submodule_search_locations))) / "models" / "dlib_face_recognition_resnet_model_v1.dat"
 
 
 def load_dat(path: Path):
