@@ -83,10 +83,34 @@ def test_unset_data_root_names_the_variable_the_default_and_the_download(tmp_pat
 
 @pytest.mark.slow
 def test_an_input_error_raised_while_building_the_model_is_one_line(tmp_path):
-    """Hydra's instantiate wraps a constructor's errors; the input error inside still gives one line."""
-    result = run_cli(["stn_face.cli.train", "experiment=smoke", "head=partial_fc", "head.sample_rate=2",
+    """Hydra's instantiate wraps a constructor's errors; the input error inside still gives one line.
+    (head.sample_rate=2 is refused before, by the settings check.)"""
+    result = run_cli(["stn_face.cli.train", "experiment=smoke", "head=partial_fc", "head.normalize=false",
                       "trainer.max_steps=1", f"hydra.run.dir={tmp_path}"])
     assert result.returncode == 2
     _no_traceback(result)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "head.sample_rate=2" in errors[0]
+    assert len(errors) == 1 and "normalize=false" in errors[0]
+
+
+@pytest.mark.slow
+def test_resume_required_without_a_checkpoint_is_one_line_naming_the_folder(tmp_path):
+    result = run_cli(["stn_face.cli.train", *SMOKE, "ckpt_path=last", "resume_required=true",
+                      f"hydra.run.dir={tmp_path}"])
+    assert result.returncode == 2
+    _no_traceback(result)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"no checkpoint in {tmp_path / 'checkpoints'}" in errors[0]
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_bad_setting_fails_before_the_run_folder_and_before_data_preparation(tmp_path):
+    """The whole check is tests/training/test_settings_check.py; here: the issue's two examples."""
+    for setting in ("data.batch_size=0", "trainer.max_steps=-5"):
+        result = run_cli(["stn_face.cli.train", *SMOKE, setting, f"paths.log_dir={tmp_path}"])
+        assert result.returncode == 2
+        _no_traceback(result)
+        assert result.stderr.startswith(f"error: {setting} is out of range: an integer >= 1")
+        assert "prepared" not in result.stdout + result.stderr
+    assert list(tmp_path.iterdir()) == []  # no run folder (nor wandb/) left behind
