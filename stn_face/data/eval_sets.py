@@ -52,7 +52,7 @@ class MissingEmbeddingsError(InputError):
 # ------------------------------------------------------------------------------------------ registry
 _PROTOCOLS: dict[str, type[VerificationSet]] = {}
 #: the modules of the protocols that ship with the package, imported on first use of their name
-_BUILT_IN = {"ytf": "stn_face.data.ytf_sets", "bin": "stn_face.data.bin_sets"}
+_BUILT_IN = {"ytf": "stn_face.data.ytf_sets", "bin": "stn_face.data.bin_sets", "ijb": "stn_face.data.ijb_sets"}
 
 
 def register_protocol(name: str) -> Callable[[type[S]], type[S]]:
@@ -160,6 +160,19 @@ class VerificationSet:
     def embedding_groups(self, name: str) -> list[str]:
         """The groups a row of an embeddings file named ``name`` counts for (an image: itself)."""
         return [name]
+
+    #: the FARs whose TAR is reported (None: the verification default, 1e-2 and 1e-3)
+    fars: ClassVar[tuple[float, ...] | None] = None
+
+    @classmethod
+    def resolve_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The eval options with the protocol's own defaults filled in (e.g. file paths from a release
+        folder), before the pair file is looked for; unchanged by default."""
+        return options
+
+    def item_weights(self) -> np.ndarray | None:
+        """Each item's weight in its group's feature sum (``(N,)``), or None for a plain mean."""
+        return None
 
     @classmethod
     def missing_file_hint(cls, options: dict[str, Any]) -> str:

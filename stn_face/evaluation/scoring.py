@@ -17,9 +17,14 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from stn_face.data.eval_sets import MissingEmbeddingsError, missing_file_hint
+from stn_face.data.eval_sets import (
+    MissingEmbeddingsError,
+    missing_file_hint,
+    protocol_class,
+    registered_protocols,
+)
 from stn_face.errors import InputError, MissingInputError
-from stn_face.evaluation.verification import ScoredPairs, evaluate_verification, l2_normalize
+from stn_face.evaluation.verification import DEFAULT_FARS, ScoredPairs, evaluate_verification, l2_normalize
 from stn_face.files import check_npz
 
 __all__ = ["MissingEmbeddingsError", "attach_embeddings", "build_eval_set", "load_embeddings", "score_checkpoint",
@@ -38,14 +43,15 @@ def set_metrics(eval_set: Any, features: np.ndarray) -> tuple[dict[str, Any], Sc
     """
     features = l2_normalize(np.asarray(features, dtype=np.float64))
     groups = np.zeros((len(eval_set.groups), features.shape[1]))
-    np.add.at(groups, eval_set.item_group, features)
+    weights = eval_set.item_weights()  # None: each item counts once (a YTF video's frames)
+    np.add.at(groups, eval_set.item_group, features if weights is None else features * weights[:, None])
     groups = l2_normalize(groups)
     pairs, labels, folds = eval_set.pair_indices()
     scores = np.sum(groups[pairs[:, 0]] * groups[pairs[:, 1]], axis=1)
     # Float sums differ in the last bits between batchings and devices; rounding makes a 1-process
     # and a multi-process evaluation score the very same pairs the same way.
     scores = np.round(scores, 6)
-    metrics = evaluate_verification(scores, labels, folds)
+    metrics = evaluate_verification(scores, labels, folds, fars=eval_set.fars or DEFAULT_FARS)
     metrics["skipped_pairs"] = int(getattr(eval_set, "skipped_pairs", 0))
     # what was scored, so a result file says it without the config: the set, its pair file and any limit
     metrics["eval"] = getattr(eval_set, "name", None)
@@ -66,6 +72,8 @@ def build_eval_set(eval_cfg: DictConfig | dict[str, Any]):
     from hydra.utils import instantiate
 
     options = OmegaConf.to_container(eval_cfg, resolve=True) if not isinstance(eval_cfg, dict) else dict(eval_cfg)
+    if str(options.get("protocol")) in registered_protocols():  # paths a protocol derives (eval=ijb: eval.root)
+        options = protocol_class(str(options["protocol"])).resolve_options(options)
     pairs = options.pop("pairs", None)
     if pairs:
         options["pairs_file"] = str(pairs)

@@ -99,8 +99,9 @@ def test_the_protocol_name_chooses_the_class(lfw_dir: Path, tmp_path: Path) -> N
     assert type(VerificationSet(name="v1", protocol="lfw", **common)) is LFWPairsSet
     assert type(VerificationSet("v1", "lfw", **common)) is LFWPairsSet  # positional, as before
     assert protocol_class("ytf").__name__ == "YTFVideoSet" and protocol_class("bin").__name__ == "BinVerificationSet"
-    with pytest.raises(ValueError, match=r"unknown verification protocol 'ijb'.*bin, lfw, ytf"):
-        VerificationSet(name="x", protocol="ijb", **common)
+    assert protocol_class("ijb").__name__ == "IJBTemplateSet"
+    with pytest.raises(ValueError, match=r"unknown verification protocol 'megaface'.*bin, ijb, lfw, ytf"):
+        VerificationSet(name="x", protocol="megaface", **common)
     with pytest.raises(ValueError, match="not LFWPairsSet's"):
         LFWPairsSet(name="x", protocol="ytf", **common)
 
