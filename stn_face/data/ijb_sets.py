@@ -15,7 +15,7 @@ the dataset's five points (``align=landmarks``: insightface's 5-point template) 
 image's feature by its detector score first (arcface_torch's option). The exact protocol, and where
 this differs from arcface_torch (unit-length flip-sum image features), is in ``docs/protocol.md``.
 
-Pairs are kept as arrays: IJB-C has 15.7 million of them.
+Pairs are kept as arrays: the IJB-C protocol has about 15.7 million of them.
 """
 
 from __future__ import annotations
