@@ -77,12 +77,18 @@ class InterruptCheckpoint(Callback):
         self.received: int = 0
         self._pid = os.getpid()
         self._talk = True  # rank 0 says what happens; the other ranks stay quiet
+        self._evaluating = False  # trainer.validate / test (train=false): a signal stops at once
         self._previous: dict[int, Any] = {}
 
     # ------------------------------------------------------------------ handlers
     def _handle(self, signum: int, frame: Any) -> None:
         if os.getpid() != self._pid:  # a forked DataLoader worker: the main process decides
             return
+        if self._evaluating:  # train=false: no training state to keep, so stop now (not Lightning's exit 0)
+            if self._talk:
+                print(f"\nstopped by {signal_name(signum)} during evaluation: nothing to save", file=sys.stderr,
+                      flush=True)
+            raise RunInterrupted(signum, -1, None)
         if self.received and signum == signal.SIGINT:
             if self._talk:
                 print(f"\n{signal_name(signum)} again: stopping at once, without a checkpoint", file=sys.stderr,
@@ -118,6 +124,25 @@ class InterruptCheckpoint(Callback):
         self.install()
         if trainer.ckpt_path and trainer.is_global_zero:
             log.info("resuming from step %d of %s", trainer.global_step, trainer.ckpt_path)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._start_evaluation(trainer)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._start_evaluation(trainer)
+
+    def _start_evaluation(self, trainer) -> None:
+        if trainer.state.fn in ("validate", "test"):  # not the validation inside fit: that keeps its flag
+            self._evaluating = True
+            self._talk = trainer.is_global_zero
+            self.install()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._evaluating:
+            self._evaluating = False
+            self.restore()
+
+    on_test_end = on_validation_end
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         signum = self._agreed_signal(trainer)

@@ -152,6 +152,11 @@ def quiet_library_logs() -> None:
     """Each log line once and no third-party tips. Lightning gives its ``lightning`` logger a console handler
     of its own and still passes every record on to the root logger, where Hydra's console (and file) handlers
     print it again: under Hydra (the root logger has handlers) Lightning's own console handler goes."""
+    import warnings
+
+    # Lightning's notes about itself, not about the run
+    warnings.filterwarnings("ignore", message=r".*is not supported by the model summary")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     root = logging.getLogger()
     if root.handlers:
         lightning_log = logging.getLogger("lightning")

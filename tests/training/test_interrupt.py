@@ -187,3 +187,25 @@ def test_a_second_ctrl_c_stops_at_once_and_no_preemption_signal_leaves_it_alone(
     with pytest.raises(RunInterrupted) as stop:
         callback._handle(signal.SIGINT, None)
     assert stop.value.code == 130 and stop.value.checkpoint is None
+
+
+def test_a_signal_while_only_evaluating_stops_at_once_with_its_exit_code(tmp_path, capsys):
+    """train=false (trainer.validate): nothing to save, and no exit 0 as with Lightning's own SIGTERM handler."""
+    from types import SimpleNamespace
+
+    callback = InterruptCheckpoint(tmp_path)
+    before = signal.getsignal(signal.SIGTERM)
+    trainer = _Trainer()
+    trainer.state = SimpleNamespace(fn="fit")
+    callback.on_validation_start(trainer, None)  # the validation inside fit keeps the step-end flag
+    assert signal.getsignal(signal.SIGTERM) == before
+    trainer.state = SimpleNamespace(fn="validate")
+    callback.on_validation_start(trainer, None)
+    try:
+        with pytest.raises(RunInterrupted) as stop:
+            callback._handle(signal.SIGTERM, None)
+    finally:
+        callback.on_validation_end(trainer, None)
+    assert stop.value.code == 143
+    assert "stopped by SIGTERM during evaluation: nothing to save" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) == before
