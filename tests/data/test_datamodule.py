@@ -8,11 +8,10 @@ import pytest
 
 from stn_face.data.datamodule import FaceDataModule
 from stn_face.errors import InputError
-from tests.data.test_datasets import write_faces
 
 
 @pytest.fixture
-def faces(tmp_path: Path) -> Path:
+def faces(tmp_path: Path, write_faces) -> Path:
     return write_faces(tmp_path / "faces", {"alice": 4, "bob": 4, "carol": 1})
 
 

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from stn_face.data.augment import eval_transform
 from stn_face.data.datasets import EmptyDatasetError, FaceImageDataset, scan_identity_folders
 
 
-def write_faces(root: Path, counts: dict[str, int], size: int = 24) -> Path:
-    rng = np.random.default_rng(0)
-    for name, count in counts.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / name / f"{i:02d}.jpg")
-    return root
-
-
-def test_scan_keeps_sorted_identities_with_enough_images(tmp_path: Path) -> None:
+def test_scan_keeps_sorted_identities_with_enough_images(tmp_path: Path, write_faces) -> None:
     root = write_faces(tmp_path, {"carol": 3, "alice": 2, "bob": 1})
     (root / "alice" / "notes.txt").write_text("not an image")
     samples, names = scan_identity_folders(root, min_images_per_identity=2)
@@ -33,7 +22,7 @@ def test_scan_keeps_sorted_identities_with_enough_images(tmp_path: Path) -> None
     assert scan_identity_folders(root, identities=["bob", "carol"])[1] == ["bob", "carol"]
 
 
-def test_scan_names_the_folder_when_nothing_is_left(tmp_path: Path) -> None:
+def test_scan_names_the_folder_when_nothing_is_left(tmp_path: Path, write_faces) -> None:
     with pytest.raises(EmptyDatasetError, match="does not exist"):
         scan_identity_folders(tmp_path / "missing")
     write_faces(tmp_path, {"alice": 2})
@@ -41,7 +30,7 @@ def test_scan_names_the_folder_when_nothing_is_left(tmp_path: Path) -> None:
         scan_identity_folders(tmp_path)
 
 
-def test_an_unreadable_image_is_replaced_by_the_next_one(tmp_path: Path) -> None:
+def test_an_unreadable_image_is_replaced_by_the_next_one(tmp_path: Path, write_faces) -> None:
     root = write_faces(tmp_path, {"alice": 2})
     broken = root / "alice" / "00.jpg"
     broken.write_bytes(b"not a jpeg")

@@ -9,10 +9,9 @@ import pytest
 from stn_face.data.pack import pack_folders
 from stn_face.data.recordio import open_packed
 from stn_face.errors import InputError, MissingInputError
-from tests.data.test_datasets import write_faces
 
 
-def test_pack_and_read_back(tmp_path: Path) -> None:
+def test_pack_and_read_back(tmp_path: Path, write_faces) -> None:
     root = write_faces(tmp_path / "faces", {"alice": 3, "bob": 2}, size=20)
     (root / "bob" / "09.jpg").write_bytes(b"broken")
     summary = pack_folders(root, tmp_path / "pack")
@@ -23,7 +22,7 @@ def test_pack_and_read_back(tmp_path: Path) -> None:
     assert packed.class_names == ["alice", "bob"]
 
 
-def test_bad_folders_are_input_errors(tmp_path: Path) -> None:
+def test_bad_folders_are_input_errors(tmp_path: Path, write_faces) -> None:
     with pytest.raises(MissingInputError, match="is not a folder"):
         pack_folders(tmp_path / "missing", tmp_path / "pack")
     root = write_faces(tmp_path / "faces", {"alice": 1, "bob": 1})
