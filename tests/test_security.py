@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from stn_face.checkpoint import AtomicCheckpointIO, check_compatible, load_checkpoint, safe_torch_load
-from stn_face.errors import CheckpointError, UntrustedFileError
+from stn_face.errors import CheckpointError, InputError, UntrustedFileError
 from tests.helpers import CLI_ENV, compose_cli, compose_train, expect_input_error, run_cli
 
 SMOKE = ["experiment=smoke", "eval.max_pairs_per_fold=5", "data.num_workers=0", "trainer.val_check_interval=1"]
@@ -342,3 +342,19 @@ def test_stored_network_configs_name_only_network_classes(target, arguments, tmp
         with pytest.raises(CheckpointError, match=target.replace(".", r"\.")):
             use_checkpoint_network(compose_train([]), load_checkpoint(path))
         assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["subprocess", "os.system", "exec"])
+def test_pretrained_backbone_weights_never_run_code(kind, tmp_path):
+    """backbone.weights=FILE (arcface_torch backbone.pth layout) is read as tensors only: a payload is one
+    line naming the file, and never runs."""
+    from stn_face.nn import IResNet
+    from stn_face.nn.pretrained import load_pretrained
+
+    marker, path = tmp_path / "PWNED", tmp_path / "backbone.pth"
+    obj, _ = payloads(marker)[kind]
+    torch.save({"fc.weight": torch.zeros(2, 2), "extra": obj}, path)
+    with pytest.raises(InputError) as refused:
+        load_pretrained(IResNet(layers=[1, 1, 1, 1]), str(path))
+    assert not marker.exists()
+    assert "\n" not in str(refused.value) and str(path) in str(refused.value)

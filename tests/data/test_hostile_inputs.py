@@ -304,9 +304,10 @@ def test_npz_hostile_cases_are_one_error(small_npz, tmp_path):
             raise
 
 
-def _checkpoint_bytes() -> bytes:
+def _checkpoint_bytes(legacy: bool = False) -> bytes:
     buffer = io.BytesIO()
-    torch.save({"state_dict": {"w": torch.zeros(3)}}, buffer)
+    torch.save({"state_dict": {"w": torch.zeros(3), "b": torch.ones(2, 2)}, "step": 3}, buffer,
+               _use_new_zipfile_serialization=not legacy)
     return buffer.getvalue()
 
 
@@ -323,7 +324,7 @@ def test_random_corruptions_of_an_npz(small_npz, tmp_path_factory, data):
 @given(data=st.data())
 def test_random_corruptions_of_a_checkpoint(tmp_path_factory, data):
     path = tmp_path_factory.mktemp("fuzz") / "last.ckpt"
-    path.write_bytes(corrupt(_checkpoint_bytes(), data.draw))
+    path.write_bytes(corrupt(_checkpoint_bytes(legacy=data.draw(st.booleans())), data.draw))  # zip or pre-1.6 format
     survives(safe_torch_load, path)
 
 
