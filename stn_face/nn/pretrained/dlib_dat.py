@@ -222,7 +222,7 @@ def _fc(stream: _Stream) -> DlibLayer:
     num_outputs = stream.integer(signed=False, what="num_outputs")
     num_inputs = stream.integer(signed=False, what="num_inputs")
     params = stream.tensor()
-    weights, biases = stream.alias(), stream.alias()
+    weights, _biases = stream.alias(), stream.alias()  # the bias alias: read to move past it
     bias_mode = stream.integer(what="bias mode")  # 0: with bias, 1: fc_no_bias
     for _ in range(4):
         stream.real()
