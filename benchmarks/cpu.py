@@ -58,6 +58,8 @@ from benchmarks.precision import DEFAULT_PRECISION_CONFIGS, bench_precision
 from benchmarks.recordio import bench_recordio
 from benchmarks.recordio import table as recordio_table
 from benchmarks.stn_pipeline import bench_paper
+from benchmarks.utilization import bench_mfu
+from benchmarks.utilization import table as mfu_table
 from stn_face.errors import InputError, friendly_errors
 
 TARGETS = {
@@ -65,7 +67,7 @@ TARGETS = {
     "stn_step_share": ("<=", 0.05),
     "pipeline_ratio": (">=", 0.90),
 }
-SECTIONS = ("overhead", "stn", "pipeline", "eval", "precision", "head_memory", "recordio")
+SECTIONS = ("mfu", "overhead", "stn", "pipeline", "eval", "precision", "head_memory", "recordio")
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -119,6 +121,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--isolated-reps", type=int, default=3)
     p.add_argument("--loader-batches", type=int, default=8, help="batches timed for the loader alone")
     p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--mfu-backbones", default="small,paper_resnet,iresnet50,dlib_resnet",
+                   help="backbones whose training step, forward pass and evaluation pipeline the mfu section measures")
+    p.add_argument("--mfu-batch", type=int, default=16, help="images per training / forward batch (mfu)")
+    p.add_argument("--mfu-eval-images", type=int, default=256, help="LFW crop files embedded (mfu)")
     p.add_argument(
         "--precision-configs",
         default=DEFAULT_PRECISION_CONFIGS,
@@ -163,6 +169,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "batch_precision": 4,
             "eval_batch": 8,
             "eval_images": 16,
+            "mfu_backbones": "tiny",
+            "mfu_batch": 2,
+            "mfu_eval_images": 4,
             "distinct_batches": 2,
             "rounds": 1,
             "overhead_rounds": 1,
@@ -312,6 +321,8 @@ def table(result: dict[str, Any]) -> str:
     )
     if "recordio" in result:
         lines += ["", recordio_table(result["recordio"])]
+    if "mfu" in result:
+        lines += ["", mfu_table(result["mfu"])]
     if result.get("precision"):
         pr = result["precision"]
         lines.append(
@@ -366,6 +377,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                 result["timings_s"][name] = round(time.perf_counter() - start, 1)
             return out
 
+        if "mfu" in sections:
+            out = section("mfu", lambda: bench_mfu(args, crops, budget))
+            if out:
+                result["mfu"] = out
         if "overhead" in sections:
             out = section("overhead", lambda: bench_overhead(args, crops, budget))
             if out:

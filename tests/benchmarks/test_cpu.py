@@ -77,6 +77,19 @@ def test_quick_run_writes_every_figure(quick_result, crops):
         assert _positive(row["warmup_s"]) and _positive(row["speedup_vs_fp32"])
     assert rows["bf16+cl"]["precision"] == "bf16-mixed" and rows["bf16+cl"]["channels_last"] is True
     assert rows["fp32"]["speedup_vs_fp32"] == pytest.approx(1.0)
+    mfu = r["mfu"]
+    peak = mfu["peak"]
+    assert peak["gflops"] == pytest.approx(peak["cores"] * peak["fma_units"] * peak["fp32_lanes"] * 2 * peak["mhz"] / 1000)
+    assert peak["fp32_lanes"] in (4, 8, 16) and peak["mhz"] > 0 and "GFLOP/s" in peak["derivation"]
+    assert 0 < mfu["gemm_mfu"] < 1.5 and 0 < mfu["conv_mfu"] < 1.5
+    tiny = mfu["backbones"]["tiny"]
+    for part in ("train", "forward", "eval_pipeline"):
+        row = tiny[part]
+        assert _positive(row["images_per_second"]) and 0 < row["mfu"] < 1, (part, row)
+        assert row["gflops"] == pytest.approx(row["images_per_second"] * row["gflop_per_image"])
+    # a training step costs more than a forward pass; a crop in the pipeline is two forward passes
+    assert tiny["train"]["gflop_per_image"] > 2 * tiny["forward"]["gflop_per_image"]
+    assert tiny["eval_pipeline"]["gflop_per_image"] == pytest.approx(2 * tiny["forward"]["gflop_per_image"])
     m = r["machine"]
     assert m["logical_cpus"] >= 1 and m["torch_threads"] == 1 and "avx512_bf16" in m["isa"]
     assert m["cpu_trainer_precision"] in ("32-true", "bf16-mixed")
@@ -89,6 +102,7 @@ def test_table_names_targets(quick_result):
         "framework_overhead_ratio" in text and "pipeline_ratio" in text and "stn_step_share[affine]" in text
     )
     assert "train bf16+cl" in text
+    assert "MFU (model FLOPs utilisation)" in text and "ceilings measured: GEMM" in text
 
 
 def test_default_output_is_a_dated_run_file_outside_the_source_tree():
@@ -109,7 +123,8 @@ def test_unknown_section_is_one_error_line(capsys):
         bench_cli.main(["--sections", "overhead,warp"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        "error: --sections: unknown warp; choose from overhead, stn, pipeline, eval, precision, head_memory, recordio"
+        "error: --sections: unknown warp; choose from mfu, overhead, stn, pipeline, eval, precision, head_memory, "
+        "recordio"
     )
 
 

@@ -1,0 +1,213 @@
+"""Section ``mfu``: how much of this CPU's arithmetic the model uses (model FLOPs utilisation).
+
+Three ceilings, all from this machine in this run:
+
+- ``peak``: cores x FMA units x fp32 lanes per FMA x 2 FLOPs x clock, read from ``/proc/cpuinfo``
+  (cores: the CPUs this process may run on; clock: the ``cpu MHz`` line, or ``cpufreq``'s maximum where
+  it exists; lanes: 16 for a 512-bit FMA datapath, 8 for 256-bit). Two FMA units per core (every x86
+  server core since Haswell / Zen 1). AMD before Zen 5 (family 0x19 and older) runs AVX-512 on 256-bit
+  units, so its lanes stay 8; Zen 5 (family 0x1A) and Intel's AVX-512 server cores have 512-bit FMAs.
+  :func:`cpu_peak` returns the derivation with the number.
+- ``gemm``: the best fp32 ``torch.mm`` of 2048 x 2048 matrices reaches (the BLAS's practical ceiling);
+- ``conv``: the best of a ResNet-like 3x3 convolution, 64 -> 64 channels at 56 x 56, batch 32 (oneDNN's).
+
+Model FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` (2 per multiply-add, on
+convolutions and matrix products) for one batch of: the training step (forward and backward of
+``StnFaceModule.training_loss``: transformer, backbone, head; with ``model.freeze_backbone`` the
+backbone's weight gradients are not computed and not counted), the bare forward pass
+(``inference_mode``), and the evaluation pipeline (``FaceEmbedder.embed_files`` on LFW crop files,
+decoding included, each image with its mirror: twice the forward FLOPs per crop). ``mfu`` is achieved
+FLOP/s over ``peak``; ``of_gemm`` over the GEMM ceiling.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks.common import Budget, build_model, median, model_overrides
+
+#: backbone -> extra overrides it needs (dlib's network takes 150 x 150 chips and is used frozen)
+BACKBONE_SETTINGS = {
+    "dlib_resnet": ["transform.output_size=[150,150]", "data.image_size=160", "model.freeze_backbone=true"],
+}
+
+
+# ---------------------------------------------------------------------------------------- ceilings
+def _cpuinfo() -> dict[str, str]:
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if ":" in line:
+                key, value = (part.strip() for part in line.split(":", 1))
+                info.setdefault(key, value)
+    except OSError:
+        pass
+    return info
+
+
+def cpu_peak() -> dict[str, Any]:
+    """The fp32 FMA peak of the CPUs this process may use, with how it was derived."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    cores = len(os.sched_getaffinity(0))
+    mhz, clock_source = float(info.get("cpu MHz", "0") or 0), "/proc/cpuinfo cpu MHz"
+    max_freq = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+    if max_freq.is_file():
+        mhz, clock_source = int(max_freq.read_text()) / 1000.0, "cpufreq cpuinfo_max_freq"
+    vendor, family = info.get("vendor_id", ""), int(info.get("cpu family", "0") or 0)
+    if "avx512f" in flags and not (vendor == "AuthenticAMD" and family < 0x1A):
+        lanes, isa = 16, "AVX-512 on 512-bit FMA units"
+    elif "avx512f" in flags:
+        lanes, isa = 8, "AVX-512 executed on 256-bit FMA units (AMD before Zen 5)"
+    elif "avx2" in flags and "fma" in flags:
+        lanes, isa = 8, "AVX2 + FMA (256-bit)"
+    else:
+        lanes, isa = 4, "SSE (128-bit, no FMA assumed x2 units)"
+    fma_units = 2
+    gflops = cores * fma_units * lanes * 2 * mhz / 1000.0
+    return {"gflops": gflops, "cores": cores, "mhz": mhz, "clock_source": clock_source, "fma_units": fma_units,
+            "fp32_lanes": lanes, "isa": isa, "cpu": info.get("model name", ""), "cpu_family": family,
+            "derivation": f"{cores} cores x {fma_units} FMA units x {lanes} fp32 lanes x 2 FLOPs x "
+                          f"{mhz / 1000:.3f} GHz ({clock_source}; {isa}) = {gflops:.1f} GFLOP/s"}
+
+
+def _best_rate(fn, flops: float, repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return flops / best / 1e9
+
+
+def gemm_gflops(size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return _best_rate(lambda: torch.mm(a, b), 2.0 * size**3, repeats)
+
+
+def conv_gflops(batch: int = 32, channels: int = 64, side: int = 56, repeats: int = 5) -> float:
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
+    x = torch.randn(batch, channels, side, side)
+    flops = 2.0 * batch * channels * channels * 9 * side * side
+    with torch.inference_mode():
+        return _best_rate(lambda: conv(x), flops, repeats)
+
+
+# ------------------------------------------------------------------------------------- the model
+def counted_flops(fn) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def _median_rate(fn, images: int, rounds: int) -> float:
+    fn()  # warm-up
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        rates.append(images / (time.perf_counter() - start))
+    return median(rates)
+
+
+def bench_backbone(backbone: str, crops: Path, batch: int, eval_images: int, rounds: int,
+                   peak: float, gemm: float) -> dict[str, Any]:
+    """Training step, forward pass and evaluation pipeline of the default model with ``backbone``."""
+    from stn_face.data.augment import eval_transform
+    from stn_face.embedder import FaceEmbedder
+    from stn_face.nn.embedding import EmbeddingNet
+
+    model, cfg = build_model(model_overrides(backbone) + BACKBONE_SETTINGS.get(backbone, []), 100)
+    size = int(cfg.data.image_size)
+    files = sorted(crops.glob("*/*.jpg"))[:eval_images]
+    transform = eval_transform(size)
+    from stn_face.data.images import read_rgb
+
+    images = torch.stack([transform(image=read_rgb(f))["image"] for f in files[:batch]])
+    labels = torch.arange(images.shape[0]) % 100
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+
+    def train_step() -> None:
+        model.train()
+        loss, *_ = model.training_loss(images, labels, margin_factor=1.0, step=0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def forward() -> None:
+        model.eval()
+        with torch.inference_mode():
+            model.embed(images)
+
+    train_flops = counted_flops(train_step) / len(images)
+    forward_flops = counted_flops(forward) / len(images)
+    train_rate = _median_rate(train_step, len(images), rounds)
+    forward_rate = _median_rate(forward, len(images), rounds)
+    embedder = FaceEmbedder(EmbeddingNet(model.transformer, model.backbone), image_size=size)
+    eval_start = time.perf_counter()
+    embedder.embed_files(files, batch_size=64, progress=False)
+    eval_rate = len(files) / (time.perf_counter() - eval_start)  # crops/s, each with its mirror
+
+    def row(rate: float, flops: float, forward_images: float = 1.0) -> dict[str, float]:
+        achieved = rate * flops * forward_images / 1e9
+        return {"images_per_second": rate, "gflop_per_image": flops * forward_images / 1e9,
+                "gflops": achieved, "mfu": achieved / peak, "of_gemm": achieved / gemm}
+
+    return {"backbone": backbone, "image_size": size, "batch_size": len(images),
+            "frozen_backbone": bool(cfg.model.get("freeze_backbone", False)),
+            "train": row(train_rate, train_flops), "forward": row(forward_rate, forward_flops),
+            "eval_pipeline": {**row(eval_rate, forward_flops, 2.0), "crops": len(files),
+                              "forward_images_per_second": 2 * eval_rate,
+                              "vs_forward": 2 * eval_rate / forward_rate}}
+
+
+def bench_mfu(args, crops: Path, budget: Budget) -> dict[str, Any]:
+    peak = cpu_peak()
+    repeats = 2 if args.quick else 5
+    gemm = gemm_gflops(512 if args.quick else 2048, repeats)
+    conv = conv_gflops(4 if args.quick else 32, repeats=repeats)
+    result: dict[str, Any] = {"peak": peak, "gemm_gflops": gemm, "conv_gflops": conv,
+                              "gemm_mfu": gemm / peak["gflops"], "conv_mfu": conv / peak["gflops"],
+                              "threads": torch.get_num_threads(), "backbones": {}, "skipped": {}}
+    for backbone in [b.strip() for b in args.mfu_backbones.split(",") if b.strip()]:
+        if budget.reserved(0.2):
+            result["skipped"][backbone] = "time budget spent"
+            continue
+        try:
+            result["backbones"][backbone] = bench_backbone(
+                backbone, crops, args.mfu_batch, args.mfu_eval_images, args.rounds, peak["gflops"], gemm)
+        except Exception as error:  # noqa: BLE001 - a backbone whose weights are absent is skipped, said why
+            result["skipped"][backbone] = f"{type(error).__name__}: {error}"[:300]
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    """The section's printed block: the ceilings, then MFU per backbone and part."""
+    peak = result["peak"]
+    lines = [f"MFU (model FLOPs utilisation), {result['threads']} torch threads. Peak: {peak['derivation']}",
+             f"  ceilings measured: GEMM {result['gemm_gflops']:.1f} GFLOP/s ({result['gemm_mfu']:.1%} of peak), "
+             f"conv {result['conv_gflops']:.1f} GFLOP/s ({result['conv_mfu']:.1%})"]
+    rows = [("backbone", "part", "img/s", "GFLOP/img", "GFLOP/s", "mfu", "of GEMM", "note")]
+    for name, b in result["backbones"].items():
+        label = f"{name} ({b['image_size']} px{', frozen' if b['frozen_backbone'] else ''})"
+        for part in ("train", "forward", "eval_pipeline"):
+            r = b[part]
+            note = f"{r['vs_forward']:.2f}x the forward pass" if part == "eval_pipeline" else ""
+            rows.append((label, part, f"{r['images_per_second']:.1f}", f"{r['gflop_per_image']:.3f}",
+                         f"{r['gflops']:.1f}", f"{r['mfu']:.1%}", f"{r['of_gemm']:.1%}", note))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if i == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    lines.append("  eval_pipeline: crops/s from files (decode included), each crop with its mirror (2 forward passes)")
+    for name, reason in result["skipped"].items():
+        lines.append(f"  skipped {name}: {reason}")
+    return "\n".join(lines)
