@@ -215,7 +215,7 @@ class VerificationSet:
         pairs = self.protocol_pairs()
         rows: dict[str, list[int]] = {}
         for index, name in enumerate(names):
-            for group in self.embedding_groups(_clean_name(name)):
+            for group in self.embedding_groups(clean_name(name)):
                 rows.setdefault(group, []).append(index)
         wanted = unique_images(pairs)
         missing = [group for group in wanted if group not in rows]
@@ -324,7 +324,9 @@ def _person(item: str) -> str:
     return str(item).replace("\\", "/").split("/", 1)[0]
 
 
-def _clean_name(name: str) -> str:
+def clean_name(name: str) -> str:
+    """A name from an embeddings file as a path relative to the image root: forward slashes, no leading ``./``
+    or ``/``, no trailing ``/``."""
     name = str(name).replace("\\", "/")
     while name.startswith("./"):
         name = name[2:]

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from stn_face.data.eval_sets import VerificationSet, _clean_name, register_protocol
+from stn_face.data.eval_sets import VerificationSet, clean_name, register_protocol
 from stn_face.data.protocols import MissingImagesError, Pair, ProtocolFormatError
 from stn_face.errors import InputError, MissingInputError
 from stn_face.files import check_relative_path, contained_path
@@ -307,7 +307,7 @@ class IJBTemplateSet(VerificationSet):
             self.load_templates_only()
         row = {}
         for index, name in enumerate(names):
-            row.setdefault(_clean_name(name), index)
+            row.setdefault(clean_name(name), index)
         present = {t: [(row[n], m, n) for n, m in v if n in row] for t, v in self._images.items()}
         absent = sum(1 for v in self._images.values() for n, _ in v if n not in row)
         if absent and not self.allow_missing:
