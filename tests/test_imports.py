@@ -1,4 +1,4 @@
-"""The package's imports run one way: no module imports itself back through others, and no lower layer
+"""The package's imports run one way: no module imports itself back through others, no lower layer
 (evaluation, data, nn) imports a higher one (training, cli). Every import counts, those inside functions
 too: a lazy import is still a dependency."""
 
@@ -96,3 +96,13 @@ def test_the_walker_sees_lazy_and_package_imports() -> None:
     graph = import_graph()
     assert "stn_face.training.loggers" in graph and "stn_face.evaluation.artifacts" in graph["stn_face.cli.eval"]
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_no_module_imports_another_ones_private_names() -> None:
+    wrong = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stn_face"):
+                wrong += [f"{_module_name(path)} imports {node.module}.{alias.name}" for alias in node.names
+                          if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert not wrong, "private names used across modules (make them public or keep them home):\n" + "\n".join(wrong)
