@@ -151,7 +151,7 @@ class InterruptCheckpoint(Callback):
             return
         path = self.dirpath / f"{self.filename}.ckpt"
         _adopt_as_last(trainer, path)
-        trainer.save_checkpoint(path)  # every rank: the dump is collective (sharded heads gather here)
+        trainer.save_checkpoint(path, weights_only=False)  # every rank: collective (Partial FC gathers here)
         step = trainer.global_step
         if trainer.is_global_zero:
             report_signal_stop(self.output_dir, signum, step, path)

@@ -140,7 +140,7 @@ class _Trainer:
     def __init__(self) -> None:
         self.saved: list[Path] = []
 
-    def save_checkpoint(self, path) -> None:
+    def save_checkpoint(self, path, weights_only=None) -> None:
         self.saved.append(Path(path))
 
 
