@@ -232,12 +232,14 @@ def checkpoint_model_config(ckpt: Mapping[str, Any], path: str | os.PathLike,
     config = ckpt.get("model_config")
     if isinstance(config, dict) and config.get("transform") and config.get("backbone"):
         check_targets(config, str(path), allowed_targets)
+        check_network_size(config, ckpt.get("state_dict"), str(path))
         return config
     path = Path(path)
     for hydra_file in (path.parent.parent / ".hydra" / "config.yaml", path.parent / ".hydra" / "config.yaml"):
         if hydra_file.is_file():
             config = _config_from_hydra_file(hydra_file)
             check_targets(config, str(hydra_file), allowed_targets)
+            check_network_size(config, ckpt.get("state_dict"), str(path))
             return config
     raise CheckpointError(
         f"{path} does not say which network it holds: it has no `model_config` (checkpoints of "
@@ -281,6 +283,29 @@ def check_targets(config: Mapping[str, Any], where: str, allowed_targets: Sequen
     if not_modules:
         raise CheckpointError(f"the model config of {where} names {', '.join(not_modules)}, which is not a "
                               "network class (torch.nn.Module); refused: a stored config only builds networks")
+
+
+def check_network_size(config: Mapping[str, Any], state_dict: Any, where: str) -> None:
+    """Build the config's spatial transformer and backbone on PyTorch's ``meta`` device (shapes, no memory)
+    and compare them with the checkpoint's tensors before anything is allocated: a stored config claiming
+    a gigantic network (widths of 10^5, say) is refused here instead of filling the memory. A config that
+    does not build is left for :func:`build_network` to report."""
+    if not isinstance(state_dict, Mapping):
+        return
+    from hydra.utils import instantiate
+
+    from stn_face.nn.embedding import EmbeddingNet
+
+    try:
+        with torch.device("meta"):
+            expected = EmbeddingNet(instantiate(config["transform"]), instantiate(config["backbone"])).state_dict()
+    except Exception:  # noqa: BLE001 - reported, with the reason, when the network is built
+        return
+    saved = {k: v for k, v in state_dict.items() if k.startswith(("transformer.", "backbone."))}
+    problems = weight_mismatch(expected, saved)
+    if problems:
+        raise CheckpointError(f"{where} holds weights of another architecture than its config describes: "
+                              f"{'; '.join(problems)}")
 
 
 def _is_module_class(target: str) -> bool:

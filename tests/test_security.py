@@ -358,3 +358,23 @@ def test_pretrained_backbone_weights_never_run_code(kind, tmp_path):
         load_pretrained(IResNet(layers=[1, 1, 1, 1]), str(path))
     assert not marker.exists()
     assert "\n" not in str(refused.value) and str(path) in str(refused.value)
+
+
+def test_a_stored_config_claiming_a_gigantic_network_is_refused_before_allocation(tmp_path):
+    """A model_config whose backbone is 10^5 channels wide (terabytes of weights) is compared with the
+    file's tensors on the meta device first: one error, no allocation."""
+    import resource
+    import time
+
+    from stn_face.embedder import FaceEmbedder
+
+    config = {"format": 1, "transform": {"_target_": "stn_face.nn.SpatialTransformer", "transform": "identity"},
+              "backbone": {"_target_": "stn_face.nn.PaperResNet", "widths": [100_000] * 4, "units": [1, 1, 1, 1],
+                           "embedding_size": 128}}
+    path = tmp_path / "huge.ckpt"
+    torch.save({**small_checkpoint(), "model_config": config}, path)
+    before, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+    with pytest.raises(CheckpointError, match="another architecture"):
+        FaceEmbedder.from_checkpoint(path)
+    assert time.perf_counter() - start < 10
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 2**20  # KiB: under 1 GiB
