@@ -69,8 +69,11 @@ class InterruptCheckpoint(Callback):
 
     def __init__(self, dirpath: str | os.PathLike, output_dir: str | os.PathLike | None = None,
                  signals: Sequence[str | int] = ("SIGINT", "SIGTERM"),
-                 preemption_signal: str | int | None = "SIGUSR1", filename: str = "last") -> None:
+                 preemption_signal: str | int | None = "SIGUSR1", filename: str = "last",
+                 requeue: bool = False) -> None:
         self.dirpath = Path(dirpath)
+        self.requeue = requeue
+        self.preemption = signal_number(preemption_signal) if preemption_signal not in (None, "", "null") else None
         self.output_dir = Path(output_dir) if output_dir is not None else self.dirpath.parent
         names = [*signals, *([preemption_signal] if preemption_signal not in (None, "", "null") else [])]
         self.signals = sorted({signal_number(s) for s in names})
@@ -155,6 +158,8 @@ class InterruptCheckpoint(Callback):
         step = trainer.global_step
         if trainer.is_global_zero:
             report_signal_stop(self.output_dir, signum, step, path)
+            if self.requeue and signum == self.preemption:
+                requeue_slurm_job()
         self.restore()
         raise RunInterrupted(signum, step, path)
 
@@ -200,6 +205,32 @@ def report_signal_stop(output_dir: str | os.PathLike, signum: int, step: int, ch
 
     print(f"\nstopped by {signal_name(signum)} at step {step}: {checkpoint} holds step {step}. Resume with:\n"
           f"  {resume_command(output_dir)}", file=sys.stderr, flush=True)
+
+
+def requeue_slurm_job() -> bool:
+    """``scontrol requeue`` this Slurm job (an array task included): Slurm starts the job script again,
+    which resumes when it runs ``stn-face-train ... ckpt_path=last hydra.run.dir=<a fixed folder>``.
+    False (and a line saying why) outside Slurm or when scontrol fails."""
+    import re
+    import subprocess
+
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID")
+    if not job or not re.fullmatch(r"[0-9_]+", job):
+        print("requeue=true: not a Slurm job (no SLURM_JOB_ID), nothing requeued", file=sys.stderr, flush=True)
+        return False
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        print(f"could not requeue Slurm job {job}: {error}", file=sys.stderr, flush=True)
+        return False
+    if done.returncode:
+        print(f"could not requeue Slurm job {job}: {done.stderr.strip() or done.returncode}", file=sys.stderr,
+              flush=True)
+        return False
+    print(f"requeued Slurm job {job}: it resumes from the checkpoint when it starts again", file=sys.stderr,
+          flush=True)
+    return True
 
 
 @contextmanager

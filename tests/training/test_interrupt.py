@@ -209,3 +209,24 @@ def test_a_signal_while_only_evaluating_stops_at_once_with_its_exit_code(tmp_pat
     assert stop.value.code == 143
     assert "stopped by SIGTERM during evaluation: nothing to save" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_the_preemption_signal_can_requeue_the_slurm_job(tmp_path, monkeypatch, capsys):
+    import subprocess as sp
+
+    calls = []
+    monkeypatch.setattr(sp, "run", lambda args, **kw: calls.append(args) or sp.CompletedProcess(args, 0, "", ""))
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    callback = InterruptCheckpoint(tmp_path / "checkpoints", requeue=True)
+    for signum, requeued in ((signal.SIGTERM, []), (signal.SIGUSR1, [["scontrol", "requeue", "4242"]])):
+        calls.clear()
+        callback.received = signum
+        with pytest.raises(RunInterrupted):
+            callback.on_train_batch_end(_Trainer(), None, None, None, 0)
+        assert calls == requeued  # only the pre-emption signal requeues; Ctrl-C and SIGTERM just stop
+    assert "requeued Slurm job 4242" in capsys.readouterr().err
+    monkeypatch.delenv("SLURM_JOB_ID")
+    from stn_face.training.interrupt import requeue_slurm_job
+
+    assert requeue_slurm_job() is False and "not a Slurm job" in capsys.readouterr().err
