@@ -160,8 +160,8 @@ class BinVerificationSet(VerificationSet):
     def read_pairs(self) -> list[Pair]:
         """The file's pairs, named by image index (``0000``, ``0001``, ...), in ``n_folds`` consecutive folds."""
         if self.bin_dir:
-            raise InputError(f"eval.bin_dir={self.bin_dir} names a folder of .bin files, which stn-face-train expands "
-                             "into one set each; to score one file give eval.path=FILE.bin instead")
+            raise InputError(f"eval.bin_dir={self.bin_dir} names a folder of .bin files, which stn-face-train and "
+                             "stn-face-eval expand into one set each; to score one file give eval.path=FILE.bin instead")
         if not self.pairs_file:
             raise InputError("eval=bin needs eval.path=FILE.bin (an insightface verification set such as lfw.bin), "
                              "or eval.bin_dir=DIR to validate on every .bin in a folder")
