@@ -232,6 +232,7 @@ def checkpoint_model_config(ckpt: Mapping[str, Any], path: str | os.PathLike,
     config = ckpt.get("model_config")
     if isinstance(config, dict) and config.get("transform") and config.get("backbone"):
         check_targets(config, str(path), allowed_targets)
+        _check_image_sizes(ckpt, config, str(path))
         check_network_size(config, ckpt.get("state_dict"), str(path))
         return config
     path = Path(path)
@@ -239,6 +240,7 @@ def checkpoint_model_config(ckpt: Mapping[str, Any], path: str | os.PathLike,
         if hydra_file.is_file():
             config = _config_from_hydra_file(hydra_file)
             check_targets(config, str(hydra_file), allowed_targets)
+            _check_image_sizes(ckpt, config, str(path))
             check_network_size(config, ckpt.get("state_dict"), str(path))
             return config
     raise CheckpointError(
@@ -306,6 +308,20 @@ def check_network_size(config: Mapping[str, Any], state_dict: Any, where: str) -
     if problems:
         raise CheckpointError(f"{where} holds weights of another architecture than its config describes: "
                               f"{'; '.join(problems)}")
+
+
+#: The largest input side a checkpoint may ask images to be resized or cropped to.
+MAX_IMAGE_SIDE = 4096
+
+
+def _check_image_sizes(ckpt: Mapping[str, Any], config: Mapping[str, Any], where: str) -> None:
+    data_state = ckpt.get("FaceDataModule") if isinstance(ckpt.get("FaceDataModule"), Mapping) else {}
+    crop = config.get("crop") if isinstance(config.get("crop"), Mapping) else {}
+    for label, value in (("image_size", data_state.get("image_size")), ("image_size", config.get("image_size")),
+                         ("crop size", crop.get("size"))):
+        if value is not None and not (isinstance(value, int) and 1 <= value <= MAX_IMAGE_SIDE):
+            raise CheckpointError(f"{where} asks for an input {label} of {value!r} pixels (1 to {MAX_IMAGE_SIDE}): "
+                                  "a damaged or forged checkpoint")
 
 
 def _is_module_class(target: str) -> bool:

@@ -378,3 +378,14 @@ def test_a_stored_config_claiming_a_gigantic_network_is_refused_before_allocatio
         FaceEmbedder.from_checkpoint(path)
     assert time.perf_counter() - start < 10
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 2**20  # KiB: under 1 GiB
+
+
+def test_a_checkpoint_asking_for_gigantic_images_is_refused(tmp_path):
+    from stn_face.embedder import FaceEmbedder
+
+    config = {"format": 1, "transform": {"_target_": "stn_face.nn.SpatialTransformer", "transform": "identity"},
+              "backbone": {"_target_": "stn_face.nn.PaperResNet"}, "image_size": 10**6}
+    path = tmp_path / "wide.ckpt"
+    torch.save({**small_checkpoint(), "model_config": config}, path)
+    with pytest.raises(CheckpointError, match="image_size"):
+        FaceEmbedder.from_checkpoint(path)
