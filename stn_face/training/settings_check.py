@@ -150,6 +150,10 @@ RULES: tuple[Rule, ...] = (
     # alignment
     _int("transform.grid_size", 2, 64, what="TPS control points per side"),
     _int("localization.input_size", 8, 1024, what="pixels of the localization net's input side"),
+    _int("localization.conv_channels[]", 1, 4096, what="channels of a localization conv layer"),
+    _int("localization.fc_dims[]", 1, 65536, what="units of a localization hidden layer"),
+    _int("transform.output_size[]", 8, 4096, what="pixels of the aligned face's height and width"),
+    _int("scheduler.milestones[]", 1, what="steps at which the learning rate drops"),
     # callbacks
     _int("callbacks.periodic_checkpoint.every_n_train_steps", 0, nullable=True,
          what="steps between periodic checkpoints; 0 or null: only at the end"),
@@ -173,6 +177,11 @@ def _select(cfg: DictConfig, key: str) -> Any:
 
 
 def _keys(cfg: DictConfig, rule: Rule) -> Iterator[str]:
+    if rule.key.endswith("[]"):  # every element of a list
+        items = _select(cfg, rule.key[:-2])
+        if isinstance(items, ListConfig):
+            yield from (f"{rule.key[:-2]}[{i}]" for i in range(len(items)))
+        return
     if not rule.key.startswith("{eval}."):
         yield rule.key
         return

@@ -19,7 +19,8 @@ from tests.helpers import compose_train, run_cli
 #: a config that has each rule's key (the default one has most)
 _GROUP_FOR = {"head.sample_rate": ["head=partial_fc"], "head.weight_decay": ["head=partial_fc"],
               "head.m": ["head=adaface"], "head.h": ["head=adaface"], "head.t_alpha": ["head=adaface"],
-              "head.m1": [], "scheduler.gamma": ["scheduler=multistep"], "transform.grid_size": ["transform=tps"],
+              "head.m1": [], "scheduler.gamma": ["scheduler=multistep"],
+              "scheduler.milestones[]": ["scheduler=multistep"], "localization.fc_dims[]": ["localization=conv2_fc2"], "transform.grid_size": ["transform=tps"],
               "trainer.strategy.timeout_s": ["trainer=ddp_cpu"], "data.check_records": ["data=rec"],
               "{eval}.n_folds": ["eval=bin"], "{eval}.max_frames": ["eval=ytf"]}
 
@@ -61,7 +62,7 @@ def configs(tmp_path_factory):
 def test_every_rule_refuses_values_out_of_its_range_with_one_message(rule, configs):
     overrides = _GROUP_FOR.get(rule.key, [])
     cfg = configs(overrides)
-    key = rule.key.replace("{eval}", "eval")
+    key = rule.key.replace("{eval}", "eval").replace("[]", "[0]")
     if rule.key not in _ONLY_ON_THE_COMMAND_LINE:
         assert OmegaConf.select(cfg, key, default="<absent>") != "<absent>", f"{key} is in no shipped config"
     assert settings_errors(cfg) == [], "the shipped config itself is refused"
@@ -86,6 +87,16 @@ def test_the_allowed_range_is_written_as_a_range():
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("[!_]*.yaml")))
 def test_every_shipped_experiment_passes(experiment, configs):
     assert settings_errors(configs([f"experiment={experiment}"])) == []
+
+
+_GROUPS = ("head", "backbone", "transform", "localization", "scheduler", "trainer", "data", "eval", "logger",
+           "optimizer")
+
+
+@pytest.mark.parametrize("option", sorted(f"{group}={p.stem}" for group in _GROUPS
+                                          for p in (Path(CONF_DIR) / group).glob("[!_]*.yaml")))
+def test_every_option_of_every_group_passes(option, configs):
+    assert settings_errors(configs([option])) == []
 
 
 def test_settings_that_contradict_each_other_and_extra_eval_sets(configs):
