@@ -118,7 +118,17 @@ def test_a_pickled_object_is_not_executed(tmp_path):
     torch.save({"conv1.weight": torch.zeros(1), "payload": _Payload(mark)}, path)
     message = _error(IResNet(layers=DEPTHS["iresnet18"], weights="x"), path)
     assert not mark.exists()
-    assert "backbone.weights=" in message
+    assert "wants to import" in message and "_leave_mark" in message and "tensors only" in message
+    assert "trust_checkpoint" not in message  # that option is for checkpoints, not for backbone.weights
+
+
+def test_truncated_pth_file(r18_file, tmp_path):
+    data = r18_file.read_bytes()
+    path = tmp_path / "cut.pth"
+    path.write_bytes(data[:len(data) // 2])
+    began = time.perf_counter()
+    message = _error(IResNet(layers=DEPTHS["iresnet18"], weights="x"), path)
+    assert time.perf_counter() - began < 2.0 and "does not fit" in message
 
 
 def test_text_file_and_missing_file(tmp_path):

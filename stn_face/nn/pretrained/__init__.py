@@ -114,10 +114,17 @@ def load_pretrained(backbone: nn.Module, weights: str | Path | None = None) -> n
         raise PretrainedWeightsError(f"backbone.weights={spec}: {type(backbone).__name__} takes no pretrained "
                                      f"weights; use backbone=iresnet18/34/50/100 or backbone=dlib_resnet")
     path = resolve_weights_path(spec)
+    from stn_face.errors import UntrustedFileError
+
     try:
         state, extra = _READERS[fmt](path, backbone)
     except PretrainedWeightsError:
         raise
+    except UntrustedFileError as error:  # the file names code to import: nothing of it ran
+        found = str(error).split("; refused", 1)[0].replace(str(path), "it")
+        raise PretrainedWeightsError(f"backbone.weights={path}: {found}; refused, weights load as tensors only "
+                                     "(save the state dict alone, torch.save(model.state_dict()), where you "
+                                     "trust the file)") from None
     except Exception as error:  # noqa: BLE001 - whatever breaks in a foreign file is that file's fault
         raise _mismatch(path, backbone, " ".join(str(error).split())[:300] or type(error).__name__) from None
     problems = state_mismatch(backbone.state_dict(), state)

@@ -28,8 +28,14 @@ _TOP_KEY = re.compile(r"^([a-z0-9_]+)\.(weight|bias|running_mean|running_var|num
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A ``.pth`` state dict, tensors only; a ``module.`` prefix (DataParallel) is dropped. Raises
-    ``ValueError`` for a file that is not a state dict of tensors."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    ``ValueError`` for a file that is not a state dict of tensors.
+
+    The file goes through the project's one reader of torch files (:func:`stn_face.checkpoint.safe_torch_load`:
+    ``weights_only``, its zip layout or legacy storages checked against the file size first), so a file
+    that names code to import is refused and a damaged or forged one fails before anything is allocated."""
+    from stn_face.checkpoint import safe_torch_load
+
+    state = safe_torch_load(path, what="PyTorch state dict (backbone.pth)")
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not state:
