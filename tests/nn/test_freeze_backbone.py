@@ -35,6 +35,7 @@ def _train(cfg, dataset, tmp_path, steps: int):
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(model, train_dataloaders=DataLoader(dataset, batch_size=4, shuffle=False))
+    model.trainer_used = trainer
     return model, before
 
 
@@ -72,6 +73,17 @@ def test_frozen_dlib_resnet_trains_the_transformer(lfw_dir, tmp_path, one_thread
 
     reference = load_pretrained(DlibResNet(weights=cfg.backbone.weights))
     assert torch.equal(model.backbone.fc.weight, reference.fc.weight)
+    # its checkpoint holds the backbone: FaceEmbedder (stn-face-embed ckpt=...) rebuilds the same network
+    from stn_face.checkpoint import model_config
+    from stn_face.embedder import FaceEmbedder
+
+    model.model_config = model_config(cfg)
+    path = tmp_path / "frozen.ckpt"
+    model.trainer_used.save_checkpoint(path)
+    embedder = FaceEmbedder.from_checkpoint(path)
+    images = _lfw_batch(lfw_dir, 160).tensors[0][:2]
+    with torch.no_grad():
+        torch.testing.assert_close(embedder.net(images), model.eval()(images))
 
 
 def test_backbone_lr_mult_makes_its_own_group(tmp_path):
