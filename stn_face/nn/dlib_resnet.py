@@ -128,6 +128,11 @@ class DlibResNet(nn.Module):
         return (pixels - self.pixel_mean.view(1, 3, 1, 1)) / self.pixel_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            # the network pools globally, so another size would run and give descriptors dlib never made
+            raise ValueError(f"DlibResNet takes {self.input_size}x{self.input_size} chips, got "
+                             f"{x.shape[-2]}x{x.shape[-1]}: set transform.output_size=[{self.input_size},"
+                             f"{self.input_size}]")
         x = F.relu(self.stem_affine(self.stem_conv(self.to_dlib_input(x))))
         x = self.units(F.max_pool2d(x, 3, 2))
         return self.fc(x.mean(dim=(2, 3)))

@@ -63,6 +63,11 @@ def test_default_weights_are_the_installed_packages(dlib_weights):
     assert net(torch.zeros(2, 3, 150, 150)).shape == (2, 128)
 
 
+def test_another_input_size_is_refused():
+    with pytest.raises(ValueError, match=r"150x150 chips, got 112x112: set transform.output_size=\[150,150\]"):
+        DlibResNet()(torch.zeros(1, 3, 112, 112))
+
+
 def test_padded_add_is_dlibs_add_of_different_sizes():
     a = torch.ones(1, 2, 3, 3)
     b = torch.full((1, 1, 4, 4), 10.0)
