@@ -87,3 +87,8 @@ def test_wrong_weights_file_is_one_line_and_exit_2(models_dir, dlib_chips, tmp_p
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: backbone.weights="), result.stderr
     assert str(dat) in lines[0] and "use backbone=dlib_resnet" in lines[0]
+
+
+def test_a_backbone_without_weights_or_checkpoint_is_an_input_error(capsys, tmp_path):
+    cfg = compose_cli("evaluate", [f"paths.output_dir={tmp_path}", "backbone=iresnet50", "eval=lfw"])
+    assert "needs pretrained weights: pass backbone.weights=PATH" in expect_input_error(capsys, evaluate_cli.main, cfg)
