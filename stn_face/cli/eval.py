@@ -40,9 +40,9 @@ def main(cfg) -> dict[str, Any]:
         raise InputError(("give one of ckpt=PATH, embeddings=FILE.npz or backbone=NAME; " if given else
                           "missing ckpt=PATH, embeddings=FILE.npz or backbone=NAME; ") + USAGE)
     eval_configs = [cfg.eval, *(cfg.get("extra_eval") or {}).values()]  # +eval@extra_eval.NAME=OPTION adds a set
-    from stn_face.data.bin_sets import expand_bin_dirs
+    from stn_face.data.eval_sets import expand_eval_configs
 
-    eval_sets = [build_eval_set(c) for c in expand_bin_dirs(eval_configs)]
+    eval_sets = [build_eval_set(c) for c in expand_eval_configs(eval_configs)]
     crop = OmegaConf.to_container(cfg.crop, resolve=True) if cfg.get("crop") else None
     embedder = None
     if pretrained:  # a pretrained network alone (backbone=dlib_resnet): no checkpoint, no transformer

@@ -157,6 +157,11 @@ class BinVerificationSet(VerificationSet):
         return (f"{given}eval=bin needs eval.path=FILE.bin, an insightface verification .bin such as lfw.bin "
                 "(`stn-face-pack bin` makes one from a pair file and images)")
 
+    @classmethod
+    def expand_config(cls, cfg: Any) -> list[Any]:
+        """``eval.bin_dir=DIR``: one set per ``*.bin`` in the folder, each named by its file."""
+        return _expand_bin_dir(cfg)
+
     def read_pairs(self) -> list[Pair]:
         """The file's pairs, named by image index (``0000``, ``0001``, ...), in ``n_folds`` consecutive folds."""
         if self.bin_dir:
@@ -225,39 +230,26 @@ def _extension(data: bytes) -> str:
 
 
 # ------------------------------------------------------------------------------------ eval configs
-def expand_bin_dirs(configs: Sequence[Any]) -> list[Any]:
-    """Eval configs with every ``bin_dir`` replaced by one config per ``*.bin`` in that folder (sorted,
-    named by file: ``val/cfp_fp_acc``); checks that no two sets share a name (their logged metrics would)."""
+def _expand_bin_dir(cfg: Any) -> list[Any]:
+    """An eval config with ``bin_dir`` as one config per ``*.bin`` in that folder (sorted, named by file:
+    ``val/cfp_fp_acc``); any other config unchanged."""
     from omegaconf import OmegaConf
 
+    bin_dir = cfg.get("bin_dir") if hasattr(cfg, "get") else None
+    if not bin_dir:
+        return [cfg]
+    if cfg.get("path"):
+        raise InputError(f"give eval.path={cfg.path} or eval.bin_dir={bin_dir}, not both")
+    folder = Path(str(bin_dir)).expanduser()
+    files = sorted(folder.glob("*.bin")) if folder.is_dir() else []
+    if not files:
+        raise MissingInputError(f"eval.bin_dir={bin_dir} " + ("holds no .bin file" if folder.is_dir() else
+                                "is not a folder") + "; point it at a folder of insightface verification sets "
+                                "(lfw.bin, cfp_fp.bin, agedb_30.bin, ...)")
     expanded = []
-    for cfg in configs:
-        bin_dir = cfg.get("bin_dir") if hasattr(cfg, "get") else None
-        if not bin_dir:
-            expanded.append(cfg)
-            continue
-        if cfg.get("path"):
-            raise InputError(f"give eval.path={cfg.path} or eval.bin_dir={bin_dir}, not both")
-        folder = Path(str(bin_dir)).expanduser()
-        files = sorted(folder.glob("*.bin")) if folder.is_dir() else []
-        if not files:
-            raise MissingInputError(f"eval.bin_dir={bin_dir} " + ("holds no .bin file" if folder.is_dir() else
-                                    "is not a folder") + "; point it at a folder of insightface verification sets "
-                                    "(lfw.bin, cfp_fp.bin, agedb_30.bin, ...)")
-        for file in files:
-            one = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-            one.path = one.pairs_file = one.image_root = str(file)
-            one.name, one.bin_dir = file.stem, None
-            expanded.append(one)
-    names = [_set_name(cfg) for cfg in expanded]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise InputError(f"two evaluation sets are both named {repeated[0]!r}, so their val/{repeated[0]}_* metrics "
-                         "would collide; give one another name (eval.name=... or extra_eval.<key>.name=...)")
+    for file in files:
+        one = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        one.path = one.pairs_file = one.image_root = str(file)
+        one.name, one.bin_dir = file.stem, None
+        expanded.append(one)
     return expanded
-
-
-def _set_name(cfg: Any) -> str | None:
-    name = cfg.get("name") if hasattr(cfg, "get") else None
-    path = cfg.get("path") if hasattr(cfg, "get") else None
-    return name or (Path(str(path)).stem if path else None)

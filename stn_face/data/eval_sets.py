@@ -88,6 +88,33 @@ def missing_file_hint(options: dict[str, Any]) -> str:
     return cls.missing_file_hint(options)
 
 
+def expand_eval_configs(configs: Sequence[Any]) -> list[Any]:
+    """Eval configs as the sets they name: each protocol may turn one config into several
+    (:meth:`VerificationSet.expand_config`: ``eval.bin_dir`` gives one set per ``.bin``); checks that no two
+    sets share a name (their logged ``val/<name>_*`` metrics would collide)."""
+    expanded = []
+    for cfg in configs:
+        protocol = cfg.get("protocol") if hasattr(cfg, "get") else None
+        try:
+            cls = protocol_class(str(protocol))
+        except ValueError:  # instantiating it says what is wrong
+            expanded.append(cfg)
+            continue
+        expanded += cls.expand_config(cfg)
+    names = [_set_name(cfg) for cfg in expanded]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InputError(f"two evaluation sets are both named {repeated[0]!r}, so their val/{repeated[0]}_* metrics "
+                         "would collide; give one another name (eval.name=... or extra_eval.<key>.name=...)")
+    return expanded
+
+
+def _set_name(cfg: Any) -> str | None:
+    name = cfg.get("name") if hasattr(cfg, "get") else None
+    path = cfg.get("path") if hasattr(cfg, "get") else None
+    return name or (Path(str(path)).stem if path else None)
+
+
 def registered_protocols() -> list[str]:
     """The names of every protocol known now (the built-in ones included)."""
     return sorted(set(_PROTOCOLS) | set(_BUILT_IN))
@@ -173,6 +200,11 @@ class VerificationSet:
     def item_weights(self) -> np.ndarray | None:
         """Each item's weight in its group's feature sum (``(N,)``), or None for a plain mean."""
         return None
+
+    @classmethod
+    def expand_config(cls, cfg: Any) -> list[Any]:
+        """The eval configs one config stands for (a folder of files: one each); itself by default."""
+        return [cfg]
 
     @classmethod
     def missing_file_hint(cls, options: dict[str, Any]) -> str:

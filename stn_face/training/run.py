@@ -18,12 +18,13 @@ log = logging.getLogger("stn_face.train")
 
 def eval_set_configs(cfg: DictConfig) -> list[DictConfig]:
     """The primary ``eval`` set first, then any ``extra_eval.<name>`` sets (e.g. YTF in the paper setting);
-    an ``eval.bin_dir`` becomes one set per ``.bin`` file in it (:func:`~stn_face.data.bin_sets.expand_bin_dirs`)."""
-    from stn_face.data.bin_sets import expand_bin_dirs
+    a protocol may make several of one config (``eval.bin_dir``: one set per ``.bin`` file in it,
+    :func:`~stn_face.data.eval_sets.expand_eval_configs`)."""
+    from stn_face.data.eval_sets import expand_eval_configs
 
     sets = [cfg.eval] if cfg.get("eval") else []
     sets += list((cfg.get("extra_eval") or {}).values())
-    return expand_bin_dirs(sets)
+    return expand_eval_configs(sets)
 
 
 def resolve_ckpt_path(value: str | None, cfg: DictConfig) -> str | None:
