@@ -229,6 +229,7 @@ def test_eval_with_opt_in_reads_a_checkpoint_holding_other_objects(trained, tmp_
     args = ["stn_face.cli.eval", f"ckpt={path}", "eval=lfw_view1", "eval.max_pairs_per_fold=5", "progress=false"]
     refused = run_cli([*args, f"hydra.run.dir={tmp_path / 'a'}"], env=CLI_ENV)
     assert refused.returncode == 2 and "pathlib" in refused.stderr and "Traceback" not in refused.stderr
+    assert len([line for line in refused.stderr.splitlines() if line.startswith("error:")]) == 1
     trusted = run_cli([*args, "trust_checkpoint=true", f"hydra.run.dir={tmp_path / 'b'}"], env=CLI_ENV)
     assert trusted.returncode == 0, trusted.stderr[-3000:]
     assert (tmp_path / "b" / "metrics.json").is_file()
