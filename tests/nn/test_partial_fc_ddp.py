@@ -44,7 +44,11 @@ def _worst(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 def test_full_rate_over_two_ranks_trains_like_the_full_head(lfw_dir, tmp_path):
-    args = [*DDP, "trainer.max_steps=1", "trainer.val_check_interval=1", "model.margin_warmup_steps=0", "seed=5"]
+    # fp32 on every CPU: where the CPU trainer picks bf16-mixed (AVX512-BF16 or AMX), the two heads' bf16
+    # matrix products round differently (gradients apart by about 1 %, measured on an AMD EPYC with
+    # AVX512-BF16), which says nothing about whether Partial FC computes the same function
+    args = [*DDP, "trainer.max_steps=1", "trainer.val_check_interval=1", "model.margin_warmup_steps=0", "seed=5",
+            "trainer.precision=32-true"]
     runs = {}
     for head in ("arcface", "partial_fc"):
         runs[head] = tmp_path / head
