@@ -68,7 +68,7 @@ def read_bin(path: str | Path) -> tuple[list[bytes], np.ndarray, str]:
         check_pickle_stream(data, str(path), "pickle")  # lengths and memo indices checked before any allocation
         content = _BinUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as error:  # noqa: BLE001 - any unpickling failure means the same thing here
-        raise bad(f"cannot unpickle it ({error})") from None
+        raise bad(f"cannot unpickle it ({' '.join(str(error).split())})") from None
     if not isinstance(content, (tuple, list)) or len(content) != 2:
         raise bad(f"it holds a {type(content).__name__}, not an (images, issame) pair")
     images, issame = content
