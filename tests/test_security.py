@@ -4,7 +4,7 @@ Payload checkpoints (pickles whose reducers call ``subprocess.call``, ``os.syste
 one hidden inside Lightning's ``hyper_parameters`` of a real checkpoint) are refused by every loading
 path with one line naming the file, the import and the opt-in; the marker file their payload would create
 never appears. ``trust=True`` / ``trust_checkpoint=true`` unpickles in full, exactly as documented
-(docs/security.md). Checkpoints written by ``stn-face-train`` (Partial FC included) load, resume and
+(README.md, "Security: files from strangers are data"). Checkpoints written by ``stn-face-train`` (Partial FC included) load, resume and
 evaluate without the opt-in.
 """
 
