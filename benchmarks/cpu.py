@@ -125,6 +125,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="backbones whose training step, forward pass and evaluation pipeline the mfu section measures")
     p.add_argument("--mfu-batch", type=int, default=16, help="images per training / forward batch (mfu)")
     p.add_argument("--mfu-eval-images", type=int, default=256, help="LFW crop files embedded (mfu)")
+    p.add_argument("--mfu-eval-batches", default="4,8,16,32,64",
+                   help="batch sizes of the evaluation pipeline timed per backbone (mfu; empty: none)")
     p.add_argument(
         "--precision-configs",
         default=DEFAULT_PRECISION_CONFIGS,
@@ -172,6 +174,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "mfu_backbones": "tiny",
             "mfu_batch": 2,
             "mfu_eval_images": 4,
+            "mfu_eval_batches": "2",
             "distinct_batches": 2,
             "rounds": 1,
             "overhead_rounds": 1,

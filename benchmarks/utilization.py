@@ -15,8 +15,9 @@ Model FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` (2 
 convolutions and matrix products) for one batch of: the training step (forward and backward of
 ``StnFaceModule.training_loss``: transformer, backbone, head; with ``model.freeze_backbone`` the
 backbone's weight gradients are not computed and not counted), the bare forward pass
-(``inference_mode``), and the evaluation pipeline (``FaceEmbedder.embed_files`` on LFW crop files,
-decoding included, each image with its mirror: twice the forward FLOPs per crop). ``mfu`` is achieved
+(``inference_mode``), and the evaluation pipeline (``FaceEmbedder.embed_files`` on LFW crop files at the
+same batch size, after one warm-up batch, decoding included, each image with its mirror: twice the
+forward FLOPs per crop). ``mfu`` is achieved
 FLOP/s over ``peak``; ``of_gemm`` over the GEMM ceiling.
 """
 
@@ -118,7 +119,7 @@ def _median_rate(fn, images: int, rounds: int) -> float:
 
 
 def bench_backbone(backbone: str, crops: Path, batch: int, eval_images: int, rounds: int,
-                   peak: float, gemm: float) -> dict[str, Any]:
+                   peak: float, gemm: float, eval_batches: tuple[int, ...] = ()) -> dict[str, Any]:
     """Training step, forward pass and evaluation pipeline of the default model with ``backbone``."""
     from stn_face.data.augment import eval_transform
     from stn_face.embedder import FaceEmbedder
@@ -151,8 +152,9 @@ def bench_backbone(backbone: str, crops: Path, batch: int, eval_images: int, rou
     train_rate = _median_rate(train_step, len(images), rounds)
     forward_rate = _median_rate(forward, len(images), rounds)
     embedder = FaceEmbedder(EmbeddingNet(model.transformer, model.backbone), image_size=size)
+    embedder.embed_files(files[:batch], batch_size=batch, progress=False)  # warm-up, as forward() had
     eval_start = time.perf_counter()
-    embedder.embed_files(files, batch_size=64, progress=False)
+    embedder.embed_files(files, batch_size=batch, progress=False)
     eval_rate = len(files) / (time.perf_counter() - eval_start)  # crops/s, each with its mirror
 
     def row(rate: float, flops: float, forward_images: float = 1.0) -> dict[str, float]:
@@ -160,7 +162,14 @@ def bench_backbone(backbone: str, crops: Path, batch: int, eval_images: int, rou
         return {"images_per_second": rate, "gflop_per_image": flops * forward_images / 1e9,
                 "gflops": achieved, "mfu": achieved / peak, "of_gemm": achieved / gemm}
 
+    sweep = {}
+    for eval_batch in eval_batches:  # the evaluation pipeline's speed against its batch size
+        embedder.embed_files(files[:eval_batch], batch_size=eval_batch, progress=False)
+        start = time.perf_counter()
+        embedder.embed_files(files, batch_size=eval_batch, progress=False)
+        sweep[eval_batch] = len(files) / (time.perf_counter() - start)
     return {"backbone": backbone, "image_size": size, "batch_size": len(images),
+            "eval_pipeline_crops_per_second_by_batch": sweep,
             "frozen_backbone": bool(cfg.model.get("freeze_backbone", False)),
             "train": row(train_rate, train_flops), "forward": row(forward_rate, forward_flops),
             "eval_pipeline": {**row(eval_rate, forward_flops, 2.0), "crops": len(files),
@@ -182,7 +191,8 @@ def bench_mfu(args, crops: Path, budget: Budget) -> dict[str, Any]:
             continue
         try:
             result["backbones"][backbone] = bench_backbone(
-                backbone, crops, args.mfu_batch, args.mfu_eval_images, args.rounds, peak["gflops"], gemm)
+                backbone, crops, args.mfu_batch, args.mfu_eval_images, args.rounds, peak["gflops"], gemm,
+                tuple(int(b) for b in args.mfu_eval_batches.split(",") if b.strip()))
         except Exception as error:  # noqa: BLE001 - a backbone whose weights are absent is skipped, said why
             result["skipped"][backbone] = f"{type(error).__name__}: {error}"[:300]
     return result
@@ -208,6 +218,11 @@ def table(result: dict[str, Any]) -> str:
         if i == 0:
             lines.append("  " + "  ".join("-" * w for w in widths))
     lines.append("  eval_pipeline: crops/s from files (decode included), each crop with its mirror (2 forward passes)")
+    for name, b in result["backbones"].items():
+        sweep = b.get("eval_pipeline_crops_per_second_by_batch") or {}
+        if sweep:
+            lines.append(f"  {name} evaluation pipeline, crops/s by batch size: "
+                         + ", ".join(f"{k}: {v:.1f}" for k, v in sweep.items()))
     for name, reason in result["skipped"].items():
         lines.append(f"  skipped {name}: {reason}")
     return "\n".join(lines)
