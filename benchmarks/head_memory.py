@@ -144,10 +144,20 @@ def measure(head: str, identities: int, world: int, embedding: int = EMBEDDING, 
     """Run one case in ``world`` fresh processes; rank 0's figures (it holds the longest shard)."""
     import torch.multiprocessing as mp
 
-    with tempfile.TemporaryDirectory(prefix="head-memory-") as tmp:
-        mp.spawn(_measure_rank, args=(world, head, identities, embedding, batch, steps, f"{tmp}/init", tmp),
-                 nprocs=world, join=True)
-        return json.loads(Path(tmp, "rank0.json").read_text())
+    for attempt in (1, 2):
+        with tempfile.TemporaryDirectory(prefix="head-memory-") as tmp:
+            try:
+                mp.spawn(_measure_rank, args=(world, head, identities, embedding, batch, steps, f"{tmp}/init", tmp),
+                         nprocs=world, join=True)
+            except mp.ProcessExitedException:
+                # gloo sometimes aborts a process while tearing down ("terminate called without an active
+                # exception", seen once in CI on 2 CPU processes): the figures stand if every rank wrote them
+                if not all(Path(tmp, f"rank{r}.json").exists() for r in range(world)):
+                    if attempt == 2:
+                        raise
+                    continue
+            return json.loads(Path(tmp, "rank0.json").read_text())
+    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------------------------------------- table
