@@ -110,46 +110,42 @@ def read_template_pairs(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.nd
     return numbers[:, 0], numbers[:, 1], numbers[:, 2].astype(bool)
 
 
-def read_face_tid_mid(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """``{v}_face_tid_mid.txt`` -> image names (relative to ``loose_crop/``), template ids ``(N,)`` and
-    media ids ``(N,)``. A name that would leave the image folder is refused."""
-    path = Path(path)
-    names, tids, mids = [], [], []
-    for number, line in enumerate(_read_bytes(path, "face/template/media file").decode("utf-8", "replace")
-                                  .splitlines(), 1):
+def _meta_rows(path: Path, what: str, fields: int, form: str, parse):
+    """``(line number, parse(parts))`` for every non-blank line of a meta file of ``fields`` fields; a
+    line of another count, or one ``parse`` rejects (``ValueError``), is one error naming the line."""
+    for number, line in enumerate(_read_bytes(path, what).decode("utf-8", "replace").splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
         try:
-            if len(parts) != 3:
+            if len(parts) != fields:
                 raise ValueError
-            tids.append(int(parts[1]))
-            mids.append(int(parts[2]))
+            parsed = parse(parts)
         except ValueError:
-            raise ProtocolFormatError(f"{path}, line {number}: {line.strip()[:80]!r} is not `image template_id "
-                                      "media_id`: not an IJB face_tid_mid file") from None
-        names.append(check_relative_path(parts[0], f"image name in {path.name}"))
-    return names, np.asarray(tids, np.int64), np.asarray(mids, np.int64)
+            raise ProtocolFormatError(f"{path}, line {number}: {line.strip()[:80]!r} is not `{form}`: not an "
+                                      f"IJB {what}") from None
+        yield number, parsed
+
+
+def read_face_tid_mid(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``{v}_face_tid_mid.txt`` -> image names (relative to ``loose_crop/``), template ids ``(N,)`` and
+    media ids ``(N,)``. A name that would leave the image folder is refused."""
+    path = Path(path)
+    rows = [row for _, row in _meta_rows(path, "face_tid_mid file", 3, "image template_id media_id",
+                                         lambda parts: (parts[0], int(parts[1]), int(parts[2])))]
+    names = [check_relative_path(name, f"image name in {path.name}") for name, _, _ in rows]
+    return (names, np.asarray([t for _, t, _ in rows], np.int64), np.asarray([m for _, _, m in rows], np.int64))
 
 
 def read_landmarks(path: str | Path) -> dict[str, tuple[np.ndarray, float]]:
     """``{v}_name_5pts_score.txt`` -> image name -> (five points ``(5, 2)`` float32 ``(x, y)``, score)."""
     path = Path(path)
     found = {}
-    for number, line in enumerate(_read_bytes(path, "landmark file").decode("utf-8", "replace").splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        try:
-            if len(parts) != 12:
-                raise ValueError
-            values = np.asarray(parts[1:], dtype=np.float64)
-        except ValueError:
-            raise ProtocolFormatError(f"{path}, line {number}: {line.strip()[:80]!r} is not `image x1 y1 ... x5 y5 "
-                                      "score`: not an IJB 5-point file") from None
+    for number, (name, values) in _meta_rows(path, "5-point file", 12, "image x1 y1 ... x5 y5 score",
+                                             lambda parts: (parts[0], np.asarray(parts[1:], dtype=np.float64))):
         if not np.isfinite(values).all():
             raise ProtocolFormatError(f"{path}, line {number}: a point or score is not a finite number")
-        found[parts[0]] = (values[:10].reshape(5, 2).astype(np.float32), float(values[10]))
+        found[name] = (values[:10].reshape(5, 2).astype(np.float32), float(values[10]))
     return found
 
 
@@ -240,8 +236,8 @@ class IJBTemplateSet(VerificationSet):
             pairs = TemplatePairs(pairs.left[keep], pairs.right[keep], pairs.same[keep])
         return pairs
 
-    def load(self) -> IJBTemplateSet:
-        pairs = self.protocol_pairs()
+    def _template_images(self, pairs: TemplatePairs) -> dict[int, list[tuple[str, int]]]:
+        """Template id -> its (image name, media id) in file order, for the templates ``pairs`` name."""
         names, tids, mids = read_face_tid_mid(self._meta()["tid_mid"])
         wanted = set(np.unique(np.concatenate([pairs.left, pairs.right])).tolist())
         images: dict[int, list[tuple[str, int]]] = {}
@@ -252,6 +248,14 @@ class IJBTemplateSet(VerificationSet):
         if unknown:
             raise ProtocolFormatError(f"{self.pairs_file} names {len(unknown)} templates that "
                                       f"{self._meta()['tid_mid'].name} does not list (first: {unknown[:3]})")
+        return images
+
+    def _detector_scores(self) -> dict[str, float]:
+        return {n: s for n, (_, s) in read_landmarks(self._meta()["landmarks"]).items()}
+
+    def load(self) -> IJBTemplateSet:
+        pairs = self.protocol_pairs()
+        images = self._template_images(pairs)
         needed = list(dict.fromkeys(name for tid in images for name, _ in images[tid]))
         # names were checked as relative paths when read; the image folder itself may be a symlinked copy
         missing = {n for n in needed if not (Path(self.image_root) / n).is_file()}
@@ -266,7 +270,7 @@ class IJBTemplateSet(VerificationSet):
                         len(missing), len(needed), self.image_root)
         self._images = images
         if self.detector_score_weighting:
-            self._scores = {n: s for n, (_, s) in read_landmarks(self._meta()["landmarks"]).items()}
+            self._scores = self._detector_scores()
             lacking = [n for n in needed if n not in self._scores and n not in missing]
             if lacking:
                 raise ProtocolFormatError(f"{self._meta()['landmarks']} has no detector score for {len(lacking)} "
@@ -303,8 +307,11 @@ class IJBTemplateSet(VerificationSet):
 
     def use_embeddings(self, names: Sequence[str], source: str) -> list[int]:
         """Rows of an embeddings file whose names are IJB image names (``1.jpg``)."""
-        if not self._images:
-            self.load_templates_only()
+        pairs = self.protocol_pairs()
+        if not self._images:  # the templates from the meta file; no image file is needed
+            self._images = self._template_images(pairs)
+            if self.detector_score_weighting:
+                self._scores = self._detector_scores()
         row = {}
         for index, name in enumerate(names):
             row.setdefault(clean_name(name), index)
@@ -315,20 +322,9 @@ class IJBTemplateSet(VerificationSet):
 
             raise MissingEmbeddingsError(f"{absent} IJB images of the scored templates have no embedding in {source}; "
                                          "names must be image names like 1.jpg, or pass eval.allow_missing=true")
-        items = self._set_template_pairs(self.protocol_pairs(), lambda t: present.get(t, []))
+        items = self._set_template_pairs(pairs, lambda t: present.get(t, []))
         self._item_keys = [(n, m) for _, m, n in items]
         return [r for r, _, _ in items]
-
-    def load_templates_only(self) -> None:
-        """The templates' images and media from the meta file, without checking image files."""
-        pairs = self.protocol_pairs()
-        wanted = set(np.unique(np.concatenate([pairs.left, pairs.right])).tolist())
-        names, tids, mids = read_face_tid_mid(self._meta()["tid_mid"])
-        for name, tid, mid in zip(names, tids.tolist(), mids.tolist()):
-            if tid in wanted:
-                self._images.setdefault(tid, []).append((name, mid))
-        if self.detector_score_weighting:
-            self._scores = {n: s for n, (_, s) in read_landmarks(self._meta()["landmarks"]).items()}
 
     def item_weights(self) -> np.ndarray:
         """Each item's weight in its template's sum: 1 / (images of its media in the template), times its
