@@ -371,20 +371,23 @@ def build_network(config: Mapping[str, Any], where: str = "the checkpoint",
 
 
 # -------------------------------------------------------------------------------------- weights
-def weight_mismatch(expected: Mapping[str, Any], saved: Mapping[str, Any]) -> list[str]:
-    """What differs between a network's ``state_dict`` (``expected``) and saved weights: one phrase per
-    kind (missing, unexpected, reshaped), each naming the first few tensors. Empty when they fit."""
-    missing = sorted(set(expected) - set(saved))
+def weight_mismatch(expected: Mapping[str, Any], saved: Mapping[str, Any], source: str = "checkpoint",
+                    optional: tuple[str, ...] = ()) -> list[str]:
+    """What differs between a network's ``state_dict`` (``expected``) and saved weights (from the
+    ``source``: a checkpoint, a pretrained weights file): one phrase per kind (missing, not in the model,
+    other shape), each naming the first few tensors. Empty when they fit. Tensors whose names end with one
+    of ``optional`` may be absent (BatchNorm's ``num_batches_tracked`` in other projects' files)."""
+    missing = sorted(k for k in set(expected) - set(saved) if not k.endswith(optional))
     unexpected = sorted(set(saved) - set(expected))
-    reshaped = [f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(expected[k].shape)}"
+    reshaped = [f"{k} {tuple(saved[k].shape)} in the {source} vs {tuple(expected[k].shape)} in the model"
                 for k in sorted(set(saved) & set(expected))
                 if hasattr(saved[k], "shape") and saved[k].shape != expected[k].shape]
     problems = []
-    for label, items in (("missing in checkpoint", missing), ("not in this model", unexpected),
-                         ("different shape", reshaped)):
+    for label, items in ((f"missing in the {source}", missing), ("not in this model", unexpected),
+                         ("of another shape", reshaped)):
         if items:
             more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
-            problems.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
+            problems.append(f"{len(items)} tensors {label}: {', '.join(items[:3])}{more}")
     return problems
 
 

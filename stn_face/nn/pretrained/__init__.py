@@ -17,7 +17,6 @@ importing it): the ``dlib_resnet`` config's default is dlib's model in ``face_re
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -127,7 +126,9 @@ def load_pretrained(backbone: nn.Module, weights: str | Path | None = None) -> n
                                      "trust the file)") from None
     except Exception as error:  # noqa: BLE001 - whatever breaks in a foreign file is that file's fault
         raise _mismatch(path, backbone, " ".join(str(error).split())[:300] or type(error).__name__) from None
-    problems = state_mismatch(backbone.state_dict(), state)
+    from stn_face.checkpoint import weight_mismatch
+
+    problems = weight_mismatch(backbone.state_dict(), state, source="file", optional=("num_batches_tracked",))
     if problems:
         raise _mismatch(path, backbone, "; ".join(problems))
     with torch.no_grad():
@@ -150,23 +151,6 @@ def _describe(backbone: nn.Module) -> str:
     layers = getattr(backbone, "layers", None)
     shape = f" ({'-'.join(map(str, layers))} blocks per stage)" if layers else ""
     return f"{type(backbone).__name__}{shape}"
-
-
-def state_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> list[str]:
-    """What differs between a backbone's ``state_dict`` and the tensors read from a file: one phrase per
-    kind (missing, not in the model, other shape), each naming the first few tensors. BatchNorm's
-    ``num_batches_tracked`` counters may be absent from a file."""
-    missing = sorted(k for k in set(expected) - set(found) if not k.endswith("num_batches_tracked"))
-    unexpected = sorted(set(found) - set(expected))
-    reshaped = [f"{k} {tuple(found[k].shape)} in the file vs {tuple(expected[k].shape)} in the model"
-                for k in sorted(set(found) & set(expected)) if found[k].shape != expected[k].shape]
-    problems = []
-    for label, items in (("missing in the file", missing), ("not in this model", unexpected),
-                         ("of another shape", reshaped)):
-        if items:
-            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
-            problems.append(f"{len(items)} tensors {label}: {', '.join(items[:3])}{more}")
-    return problems
 
 
 # ------------------------------------------------------------------------------------- formats
