@@ -54,6 +54,12 @@ class TransformFamily:
         """Parameters ``(P,)`` of the identity transform."""
         return self.init_params(1.0)
 
+    def params_from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        """Parameters ``(P,)`` of this family's map equal to the output-to-input matrix ``(3, 3)``, e.g. a
+        :func:`similarity_matrix` to start training from. Raises ``ValueError`` when the family cannot
+        express it (a rotation for ``identity``, a shear for ``similarity``)."""
+        raise NotImplementedError
+
     def check_params(self, params: torch.Tensor) -> None:
         if params.ndim != 2 or params.shape[1] != self.num_params:
             raise ValueError(
@@ -114,6 +120,10 @@ class IdentityTransform(LinearFamily):
     def init_params(self, scale: float = 1.0) -> torch.Tensor:
         return torch.zeros(0)
 
+    def params_from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        _check_start_matrix(matrix, self.name, torch.eye(3, dtype=matrix.dtype, device=matrix.device))
+        return torch.zeros(0)
+
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
         return torch.eye(3, dtype=params.dtype, device=params.device).expand(params.shape[0], 3, 3).clone()
 
@@ -126,6 +136,12 @@ class SimilarityTransform(LinearFamily):
 
     def init_params(self, scale: float = 1.0) -> torch.Tensor:
         return torch.tensor([scale, 0.0, 0.0, 0.0])
+
+    def params_from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        a, c = matrix[0, 0], matrix[1, 0]
+        params = torch.stack([torch.sqrt(a * a + c * c), torch.atan2(c, a), matrix[0, 2], matrix[1, 2]])
+        _check_start_matrix(matrix, self.name, self._matrix(params.unsqueeze(0))[0])
+        return params.float()
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
         lam, alpha, t1, t2 = params.unbind(dim=1)
@@ -142,6 +158,11 @@ class AffineTransform(LinearFamily):
     def init_params(self, scale: float = 1.0) -> torch.Tensor:
         return torch.tensor([scale, 0.0, 0.0, 0.0, scale, 0.0])
 
+    def params_from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        params = matrix[:2].reshape(6)
+        _check_start_matrix(matrix, self.name, self._matrix(params.unsqueeze(0))[0])
+        return params.float()
+
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
         return _rows_to_matrix(params)
 
@@ -154,6 +175,12 @@ class ProjectiveTransform(LinearFamily):
 
     def init_params(self, scale: float = 1.0) -> torch.Tensor:
         return torch.tensor([scale, 0.0, 0.0, 0.0, scale, 0.0, 0.0, 0.0])
+
+    def params_from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        if not torch.isfinite(matrix).all() or matrix[2, 2].abs() < 1e-12:
+            raise ValueError(f"a projective start needs a finite matrix with a non-zero (3, 3) entry, got "
+                             f"{matrix.tolist()}")
+        return (matrix / matrix[2, 2]).reshape(9)[:8].float()
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
         return _rows_to_matrix(params[:, :6], params[:, 6:])
@@ -178,6 +205,11 @@ class ThinPlateSpline(TransformFamily):
 
     def init_params(self, scale: float = 1.0) -> torch.Tensor:
         return (scale * tps_control_points(self.grid_size, torch.float32)).reshape(-1)
+
+    def params_from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        # the control points moved by the matrix: for an affine matrix the spline is that map exactly
+        control = tps_control_points(self.grid_size, matrix.dtype, matrix.device)
+        return transform_points(matrix.unsqueeze(0), control)[0].reshape(-1).float()
 
     def map_points(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         self.check_params(params)
@@ -212,6 +244,26 @@ def get_transform(name: str, **options) -> TransformFamily:
     if unknown:
         raise ValueError(f"the {name} transform has no option(s) {sorted(unknown)}")
     return cls(**options)
+
+
+def similarity_matrix(scale: float, rotation: float = 0.0, tx: float = 0.0, ty: float = 0.0,
+                      dtype=torch.float32, device=None) -> torch.Tensor:
+    """The output-to-input matrix ``(3, 3)`` of one similarity: ``[[s cos r, -s sin r, tx],
+    [s sin r, s cos r, ty], [0, 0, 1]]``, the similarity family's ``(λ, α, t1, t2)`` with ``rotation`` in
+    radians. The output square ``[-1, 1]²`` is sampled from the input square of half-side ``scale``
+    centred at ``(tx, ty)``, turned by ``rotation`` (positive turns from +x towards +y, i.e. clockwise
+    on screen)."""
+    cos, sin = scale * math.cos(rotation), scale * math.sin(rotation)
+    return torch.tensor([[cos, -sin, tx], [sin, cos, ty], [0.0, 0.0, 1.0]], dtype=dtype, device=device)
+
+
+def _check_start_matrix(matrix: torch.Tensor, family: str, expressed: torch.Tensor, tol: float = 1e-5) -> None:
+    """Refuse a start matrix ``(3, 3)`` the ``family`` turns into another map (``expressed``, ``(3, 3)``)."""
+    if matrix.shape != (3, 3):
+        raise ValueError(f"a start matrix has shape (3, 3), got {tuple(matrix.shape)}")
+    if not torch.allclose(matrix.to(expressed.dtype), expressed, atol=tol, rtol=0):
+        raise ValueError(f"the {family} transform cannot start from the matrix {matrix.tolist()}; start it from "
+                         f"a map of its own family (e.g. transform=similarity or affine for a turned frame)")
 
 
 # ------------------------------------------------------------------------------- thin-plate spline

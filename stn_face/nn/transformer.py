@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from stn_face.geometry import TransformFamily, get_transform, sample, transform_points, warp
+from stn_face.errors import InputError
+from stn_face.geometry import (
+    TransformFamily,
+    get_transform,
+    sample,
+    similarity_matrix,
+    transform_points,
+    warp,
+)
+
+#: The keys of ``init_frame``: a similarity in the input's normalised coordinates (rotation in radians).
+FRAME_KEYS = ("scale", "rotation", "tx", "ty")
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -30,14 +42,65 @@ def start_scale(output_size: Sequence[int], input_size: int | Sequence[int] | No
     return out_w / in_w
 
 
+class StartViewError(InputError, ValueError):
+    """A start view the transformer cannot use (``transform.init_frame``, ``transform.init_scale``): the
+    message names the setting and the fix; the commands print it as one ``error:`` line."""
+
+
+def frame_matrix(frame: Mapping[str, float]) -> torch.Tensor:
+    """The output-to-input matrix ``(3, 3)`` of an ``init_frame``: ``{scale, rotation, tx, ty}`` (rotation in
+    radians, 0 and translations 0 when left out) in the input's normalised ``[-1, 1]`` coordinates, e.g.
+    where an embedder's own face chip lies in a wider crop (``experiments/pretrained_alignment/framing.py``
+    measures it). ``scale`` 0.5 at ``tx = ty = 0`` is the centre half of the input. Bad values raise
+    :class:`StartViewError` naming the key."""
+    if not isinstance(frame, Mapping):
+        raise StartViewError(f"transform.init_frame must be a mapping of {', '.join(FRAME_KEYS)}, got {frame!r}")
+    unknown = sorted(set(frame) - set(FRAME_KEYS))
+    if unknown:
+        raise StartViewError(f"transform.init_frame has unknown key(s) {unknown}; it takes "
+                             f"{', '.join(FRAME_KEYS)} (rotation in radians)")
+    if "scale" not in frame:
+        raise StartViewError("transform.init_frame needs a scale (half the side of the sampled square, in the "
+                             "input's normalised [-1, 1] units), e.g. transform.init_frame={scale: 0.5}")
+    values = {}
+    for key in FRAME_KEYS:
+        value = frame.get(key, 0.0)
+        try:
+            values[key] = float(value)
+        except (TypeError, ValueError):
+            raise StartViewError(f"transform.init_frame.{key}={value!r} must be a number") from None
+        if not math.isfinite(values[key]):
+            raise StartViewError(f"transform.init_frame.{key}={value!r} must be a finite number")
+    if values["scale"] <= 0:
+        raise StartViewError(f"transform.init_frame.scale={values['scale']} must be positive (half the side of "
+                             "the sampled square, in the input's normalised units)")
+    return similarity_matrix(values["scale"], values["rotation"], values["tx"], values["ty"])
+
+
+def start_matrix(output_size: Sequence[int], input_size: int | Sequence[int] | None,
+                 init_scale: float | None = None, init_frame: Mapping[str, float] | None = None) -> torch.Tensor:
+    """The output-to-input matrix ``(3, 3)`` training starts from: the similarity of ``init_frame``
+    (:func:`frame_matrix`) when given, else the centred zoom of :func:`start_scale`. Giving both
+    ``init_scale`` and ``init_frame`` is refused: they say the same thing twice."""
+    if init_frame is not None:
+        if init_scale is not None:
+            raise StartViewError(f"set transform.init_scale ({init_scale}) or transform.init_frame, not both: the "
+                                 "frame's scale is the start's zoom (set transform.init_scale=null)")
+        return frame_matrix(init_frame)
+    scale = start_scale(output_size, input_size, init_scale)
+    return torch.diag(torch.tensor([scale, scale, 1.0]))
+
+
 class SpatialTransformer(nn.Module):
     """Predicts a transform per image and samples an aligned ``output_size`` face.
 
-    Training starts from a centred zoom, the same for every family (:func:`start_scale`): by default the
-    centre ``output_size`` pixels of an ``input_size`` input (pass ``input_size``; the configs take the
-    data's ``image_size``), or ``init_scale`` when set. For the ``identity`` family there is no
-    localization net and every image is sampled with that fixed zoom (the no-alignment baseline).
-    ``family_options`` go to the family (``tps``: ``grid_size``).
+    Training starts from one view, the same for every family (:func:`start_matrix`): by default the
+    centred zoom of :func:`start_scale`, the centre ``output_size`` pixels of an ``input_size`` input (pass
+    ``input_size``; the configs take the data's ``image_size``), or ``init_scale`` when set; with
+    ``init_frame`` (``{scale, rotation, tx, ty}``, :func:`frame_matrix`) the similarity it names, e.g. the
+    framing a pretrained embedder was trained on, measured in a wide crop. For the ``identity`` family
+    there is no localization net and every image is sampled with that fixed view (the no-alignment
+    baseline). ``family_options`` go to the family (``tps``: ``grid_size``).
 
     Every learned family is handled alike: localization net -> parameters ``(B, P)`` ->
     ``family.sampling_grid`` -> bilinear sampling.
@@ -54,6 +117,7 @@ class SpatialTransformer(nn.Module):
         output_size: Sequence[int] = (112, 112),
         input_size: int | Sequence[int] | None = None,
         init_scale: float | None = None,
+        init_frame: Mapping[str, float] | None = None,
         **family_options,
     ) -> None:
         super().__init__()
@@ -65,16 +129,18 @@ class SpatialTransformer(nn.Module):
             self.family = transform
         self.output_size = _pair(output_size)
         self.input_size = None if input_size is None else _pair(input_size)
-        self.init_scale = start_scale(self.output_size, self.input_size, init_scale)
+        start = start_matrix(self.output_size, self.input_size, init_scale, init_frame)
+        self.init_scale = (float(init_frame["scale"]) if init_frame is not None  # the start's zoom
+                           else start_scale(self.output_size, self.input_size, init_scale))
         fixed = None
         if self.family.num_params == 0:
             self.localization = None
-            fixed = torch.diag(torch.tensor([self.init_scale, self.init_scale, 1.0]))
+            fixed = start
         else:
             if localization is None:
                 raise ValueError(f"the {self.family.name} transform needs a localization net")
             self.localization = localization(num_params=self.family.num_params,
-                                             init_params=self.family.init_params(self.init_scale))
+                                             init_params=self.family.params_from_matrix(start))
         self.register_buffer("fixed_matrix", fixed, persistent=False)
 
     @property
