@@ -127,6 +127,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mfu-eval-images", type=int, default=256, help="LFW crop files embedded (mfu)")
     p.add_argument("--mfu-eval-batches", default="4,8,16,32,64",
                    help="batch sizes of the evaluation pipeline timed per backbone (mfu; empty: none)")
+    p.add_argument("--mfu-main-rounds", type=int, default=6,
+                   help="interleaved rounds of the main job's step, old settings against today's defaults (mfu; 0: none)")
+    p.add_argument("--mfu-main-batch", type=int, default=0,
+                   help="images per main-job step (mfu; 0: the main job's data.batch_size)")
+    p.add_argument("--mfu-main-overrides", default="",
+                   help="extra overrides of both main-job settings, comma-separated (mfu; --quick: model.compile=false)")
     p.add_argument(
         "--precision-configs",
         default=DEFAULT_PRECISION_CONFIGS,
@@ -175,6 +181,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "mfu_batch": 2,
             "mfu_eval_images": 4,
             "mfu_eval_batches": "2",
+            "mfu_main_rounds": 1,
+            "mfu_main_batch": 2,
+            "mfu_main_overrides": "model.compile=false,backbone=tiny",
             "distinct_batches": 2,
             "rounds": 1,
             "overhead_rounds": 1,

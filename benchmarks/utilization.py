@@ -19,6 +19,13 @@ backbone's weight gradients are not computed and not counted), the bare forward 
 same batch size, after one warm-up batch, decoding included, each image with its mirror: twice the
 forward FLOPs per crop). ``mfu`` is achieved
 FLOP/s over ``peak``; ``of_gemm`` over the GEMM ceiling.
+
+``main_job``: the main job's training step (``stn-face-train`` with no options: its model, batch, number of
+identities and the ``cpu`` trainer's precision) under today's defaults against the settings it had before
+2026-12-05 (:data:`OLD_MAIN_JOB`: the full-width ``conv3_fc1`` localization net, eager, and bf16 autocast on
+any CPU with AVX512-BF16), steps interleaved round by round on the same preloaded real crops; FLOPs of each
+counted on its eager twin. ``mfu_ratio`` is today's MFU over the old settings'; ``new_eager`` is today's
+defaults with ``model.compile=false`` (what compilation adds).
 """
 
 from __future__ import annotations
@@ -35,8 +42,13 @@ from benchmarks.common import Budget, build_model, median, model_overrides
 
 #: backbone -> extra overrides it needs (dlib's network takes 150 x 150 chips and is used frozen)
 BACKBONE_SETTINGS = {
-    "dlib_resnet": ["transform.output_size=[150,150]", "data.image_size=160", "model.freeze_backbone=true"],
+    "dlib_resnet": ["data.image_size=160", "model.freeze_backbone=true"],
 }
+
+#: the main job's settings before 2026-12-05, as overrides of today's defaults; its precision came from
+#: ``cpu_supports_fast_bf16``'s old rule (bf16 autocast on AVX512-BF16 or AMX)
+OLD_MAIN_JOB = ["localization=conv3_fc1", "model.compile=false", "model.channels_last=false"]
+MAIN_JOB_CLASSES = 1184  # the LFW View 1 DevTrain identities with two or more photos
 
 
 # ---------------------------------------------------------------------------------------- ceilings
@@ -177,6 +189,73 @@ def bench_backbone(backbone: str, crops: Path, batch: int, eval_images: int, rou
                               "vs_forward": 2 * eval_rate / forward_rate}}
 
 
+def old_main_job_precision() -> str:
+    flags = set(_cpuinfo().get("flags", "").split())
+    return "bf16-mixed" if {"avx512_bf16", "amx_bf16"} & flags else "32-true"
+
+
+def bench_main_job(crops: Path, batch: int, rounds: int, peak: float, gemm: float,
+                   extra: list[str]) -> dict[str, Any]:
+    """The main job's training step: today's defaults against :data:`OLD_MAIN_JOB`, interleaved."""
+    from benchmarks.common import autocast, compose
+    from stn_face.data.augment import eval_transform
+    from stn_face.data.images import read_rgb
+
+    common = ["logger=none", "model.margin_warmup_steps=0", *extra]
+    precision = str(compose(common).trainer.precision)
+    settings = {"old": (OLD_MAIN_JOB + common, old_main_job_precision()), "new": (common, precision),
+                "new_eager": ([*common, "model.compile=false"], precision)}
+    cfg = compose(common)
+    size, batch = int(cfg.data.image_size), batch or int(cfg.data.batch_size)
+    files = sorted(crops.glob("*/*.jpg"))
+    transform = eval_transform(size)
+    images = torch.stack([transform(image=read_rgb(files[i % len(files)]))["image"] for i in range(batch)])
+    labels = torch.arange(batch) % MAIN_JOB_CLASSES
+    steps, rows = {}, {}
+    for name, (overrides, precision) in settings.items():
+        model, cfg = build_model(overrides, MAIN_JOB_CLASSES)
+        eager, _ = build_model([*overrides, "model.compile=false"], MAIN_JOB_CLASSES)
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+
+        def step(model=model, optimizer=optimizer, precision=precision) -> None:
+            model.train()
+            with autocast(precision):
+                loss, *_ = model.training_loss(images, labels, margin_factor=1.0, step=0)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        def eager_step(model=eager, precision=precision) -> None:
+            with autocast(precision):
+                loss, *_ = model.training_loss(images, labels, margin_factor=1.0, step=0)
+            loss.backward()
+
+        start = time.perf_counter()
+        step()  # compilation, when the settings compile
+        first = time.perf_counter() - start
+        step()
+        steps[name] = (step, [])
+        rows[name] = {"overrides": overrides, "precision": precision, "localization": [int(c) for c in cfg.localization.conv_channels]
+                      if "conv_channels" in cfg.localization else None,
+                      "compile": bool(cfg.model.compile), "channels_last": bool(cfg.model.channels_last),
+                      "first_step_s": first, "gflop_per_image": counted_flops(eager_step) / batch / 1e9}
+    for _ in range(max(rounds, 1)):
+        for step, rates in steps.values():
+            start = time.perf_counter()
+            step()
+            step()
+            rates.append(2 * batch / (time.perf_counter() - start))
+    for name, (_, rates) in steps.items():
+        row = rows[name]
+        rate = median(rates)
+        achieved = rate * row["gflop_per_image"]
+        row.update({"images_per_second": rate, "rounds_images_per_second": rates, "gflops": achieved,
+                    "mfu": achieved / peak, "of_gemm": achieved / gemm})
+    return {"batch_size": batch, "image_size": size, "classes": MAIN_JOB_CLASSES, **rows,
+            "images_ratio": rows["new"]["images_per_second"] / rows["old"]["images_per_second"],
+            "mfu_ratio": rows["new"]["mfu"] / rows["old"]["mfu"]}
+
+
 def bench_mfu(args, crops: Path, budget: Budget) -> dict[str, Any]:
     peak = cpu_peak()
     repeats = 2 if args.quick else 5
@@ -195,6 +274,10 @@ def bench_mfu(args, crops: Path, budget: Budget) -> dict[str, Any]:
                 tuple(int(b) for b in args.mfu_eval_batches.split(",") if b.strip()))
         except Exception as error:  # noqa: BLE001 - a backbone whose weights are absent is skipped, said why
             result["skipped"][backbone] = f"{type(error).__name__}: {error}"[:300]
+    if args.mfu_main_rounds > 0 and not budget.reserved(0.1):
+        extra = [o.strip() for o in args.mfu_main_overrides.split(",") if o.strip()]
+        result["main_job"] = bench_main_job(crops, args.mfu_main_batch, args.mfu_main_rounds, peak["gflops"],
+                                            gemm, extra)
     return result
 
 
@@ -225,4 +308,15 @@ def table(result: dict[str, Any]) -> str:
                          + ", ".join(f"{k}: {v:.1f}" for k, v in sweep.items()))
     for name, reason in result["skipped"].items():
         lines.append(f"  skipped {name}: {reason}")
+    job = result.get("main_job")
+    if job:
+        lines.append(f"  main job's training step (batch {job['batch_size']}, {job['image_size']} px, "
+                     f"{job['classes']} identities), interleaved:")
+        for name in ("old", "new_eager", "new"):
+            r = job[name]
+            lines.append(f"    {name}: {r['images_per_second']:.1f} img/s, {r['gflop_per_image']:.3f} GFLOP/img, "
+                         f"MFU {r['mfu']:.1%} ({r['precision']}, compile {r['compile']}, localization "
+                         f"{r['localization']}, first step {r['first_step_s']:.1f} s)")
+        lines.append(f"    today's defaults / old settings: {job['images_ratio']:.2f}x images/s, "
+                     f"{job['mfu_ratio']:.2f}x MFU")
     return "\n".join(lines)

@@ -395,6 +395,19 @@ class CheckpointMismatchError(CheckpointError, ValueError):
     """A checkpoint does not fit the model built from the current config."""
 
 
+#: state-dict prefixes that name a module twice: before 2026-12 ``StnFaceModule`` kept its backbone also
+#: as ``_backbone_forward``, so its checkpoints hold every backbone tensor under both names
+ALIAS_PREFIXES = ("_backbone_forward.",)
+
+
+def drop_aliases(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Remove (in place) the duplicate tensors of :data:`ALIAS_PREFIXES` from a checkpoint's state dict;
+    returns it."""
+    for key in [k for k in state_dict if k.startswith(ALIAS_PREFIXES)]:
+        del state_dict[key]
+    return state_dict
+
+
 def check_compatible(model: nn.Module, path: str | os.PathLike, trust: bool = False) -> None:
     """Raise :class:`CheckpointMismatchError` listing what differs between a checkpoint's weights and
     ``model`` (missing/unexpected tensors, shape changes), instead of PyTorch's long load error."""
@@ -404,7 +417,7 @@ def check_compatible(model: nn.Module, path: str | os.PathLike, trust: bool = Fa
         raise
     except CheckpointError as error:
         raise CheckpointMismatchError(str(error)) from None
-    problems = weight_mismatch(model.state_dict(), checkpoint["state_dict"])
+    problems = weight_mismatch(model.state_dict(), drop_aliases(dict(checkpoint["state_dict"])))
     if problems:
         raise CheckpointMismatchError(
             f"checkpoint {path} was trained with another architecture: " + "; ".join(problems)

@@ -11,7 +11,9 @@ import lightning as L
 import torch
 from torch import nn
 
+from stn_face.checkpoint import drop_aliases
 from stn_face.geometry import decompose
+from stn_face.nn.compile import compile_networks
 from stn_face.nn.embedding import flip_sum
 from stn_face.nn.head_hooks import hooks_of
 from stn_face.nn.pretrained import load_pretrained
@@ -89,14 +91,14 @@ class StnFaceModule(L.LightningModule):
         self._last_step_time: float | None = None
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
-        self._backbone_forward = torch.compile(self.backbone) if compile else self.backbone
+        self.compiled = compile and compile_networks(self.backbone, self.transformer.localization)
 
     # ----------------------------------------------------------------------------------------- model
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Images ``(B, 3, H, W)`` -> embeddings ``(B, D)`` (float32), aligned faces and matrices."""
         aligned, matrix = self.transformer(images)
         x = aligned.contiguous(memory_format=torch.channels_last) if self.channels_last else aligned
-        return self._backbone_forward(x).float(), aligned, matrix
+        return self.backbone(x).float(), aligned, matrix
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.embed(images)[0]
@@ -272,6 +274,7 @@ class StnFaceModule(L.LightningModule):
         hooks_of(self.head).save_to_checkpoint(checkpoint, prefix="head.")  # e.g. gather a sharded head's rows
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        drop_aliases(checkpoint["state_dict"])  # checkpoints of earlier versions hold the backbone twice
         self.loaded_step = int(checkpoint.get("global_step", 0))  # the step of evaluated weights
         hooks_of(self.head).load_from_checkpoint(checkpoint, prefix="head.")
         if self.model_config is None and checkpoint.get("model_config") is not None:

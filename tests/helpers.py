@@ -46,6 +46,10 @@ def compose_train(overrides: list[str], output_dir: Path | None = None):
 
     from stn_face.config import CONF_DIR
 
+    if not any(o.lstrip("+~").startswith("model.compile") for o in overrides):
+        # eager: the default compiles runs of 500+ steps (tens of seconds each); tests/nn/test_compile.py
+        # covers compilation
+        overrides = [*overrides, "model.compile=false"]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
     if output_dir is not None:

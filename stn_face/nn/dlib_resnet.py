@@ -131,8 +131,8 @@ class DlibResNet(nn.Module):
         if x.shape[-2:] != (self.input_size, self.input_size):
             # the network pools globally, so another size would run and give descriptors dlib never made
             raise ValueError(f"DlibResNet takes {self.input_size}x{self.input_size} chips, got "
-                             f"{x.shape[-2]}x{x.shape[-1]}: set transform.output_size=[{self.input_size},"
-                             f"{self.input_size}]")
+                             f"{x.shape[-2]}x{x.shape[-1]}: drop the transform.output_size override (it follows "
+                             f"backbone.input_size) or set transform.output_size=[{self.input_size},{self.input_size}]")
         x = F.relu(self.stem_affine(self.stem_conv(self.to_dlib_input(x))))
         x = self.units(F.max_pool2d(x, 3, 2))
         return self.fc(x.mean(dim=(2, 3)))

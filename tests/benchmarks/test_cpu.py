@@ -90,6 +90,14 @@ def test_quick_run_writes_every_figure(quick_result, crops):
     # a training step costs more than a forward pass; a crop in the pipeline is two forward passes
     assert tiny["train"]["gflop_per_image"] > 2 * tiny["forward"]["gflop_per_image"]
     assert tiny["eval_pipeline"]["gflop_per_image"] == pytest.approx(2 * tiny["forward"]["gflop_per_image"])
+    # the main job's step: old settings against today's defaults (--quick: tiny backbone, eager)
+    job = mfu["main_job"]
+    assert job["batch_size"] == 2 and job["classes"] == 1184
+    for name in ("old", "new", "new_eager"):
+        assert _positive(job[name]["images_per_second"]) and 0 < job[name]["mfu"] < 1, (name, job[name])
+    assert job["old"]["localization"] == [32, 64, 128] and job["new"]["localization"] == [16, 32, 64]
+    assert job["old"]["gflop_per_image"] > job["new"]["gflop_per_image"]  # the half-width localization net
+    assert job["mfu_ratio"] == pytest.approx(job["new"]["mfu"] / job["old"]["mfu"])
     m = r["machine"]
     assert m["logical_cpus"] >= 1 and m["torch_threads"] == 1 and "avx512_bf16" in m["isa"]
     assert m["cpu_trainer_precision"] in ("32-true", "bf16-mixed")

@@ -64,7 +64,7 @@ def test_default_weights_are_the_installed_packages(dlib_weights):
 
 
 def test_another_input_size_is_refused():
-    with pytest.raises(ValueError, match=r"150x150 chips, got 112x112: set transform.output_size=\[150,150\]"):
+    with pytest.raises(ValueError, match=r"150x150 chips, got 112x112: drop the transform.output_size override .* set transform.output_size=\[150,150\]"):
         DlibResNet()(torch.zeros(1, 3, 112, 112))
 
 

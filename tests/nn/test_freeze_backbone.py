@@ -61,7 +61,7 @@ def test_frozen_backbone_is_bitwise_unchanged(lfw_dir, tmp_path, one_thread):
 def test_frozen_dlib_resnet_trains_the_transformer(lfw_dir, tmp_path, one_thread):
     pytest.importorskip("dlib")  # only for the dev extra's face-recognition-models, which holds the weights
     cfg = compose_train(["transform=similarity", "localization=conv1_fc1", "backbone=dlib_resnet",
-                         "head=arcface_small", "transform.output_size=[150,150]", "data.image_size=160",
+                         "head=arcface_small", "data.image_size=160",
                          "model.freeze_backbone=true", "model.margin_warmup_steps=0", "optimizer.lr=0.1",
                          "model.localization_lr_mult=1.0"], tmp_path)
     model, before = _train(cfg, _lfw_batch(lfw_dir, 160), tmp_path, steps=2)
