@@ -47,7 +47,13 @@ def _pins(path=REPO_ROOT / "constraints.txt") -> dict[str, str]:
 
 
 def _installed() -> dict[str, str]:
-    return {canonicalize_name(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+    """name -> version of the distribution imports resolve to: the first on ``sys.path`` (as
+    ``importlib.metadata.version`` answers). Later entries are shadowed copies, e.g. the packages setuptools
+    vendors, whose folder ``pkg_resources`` appends to ``sys.path`` when a test imports it."""
+    installed: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        installed.setdefault(canonicalize_name(dist.metadata["Name"]), dist.version)
+    return installed
 
 
 def test_constraints_pin_every_dependency_exactly():

@@ -227,8 +227,9 @@ def test_two_gloo_ranks_equal_the_full_head_in_one_process(num_classes, small_lf
         assert torch.equal(got["correct"], correct)
         assert _max_diff(got["embedding_grad"], embeddings.grad[r * PER_RANK:(r + 1) * PER_RANK]) < 1e-5
         # the weights (BatchNorm's running statistics saw one half on each rank, both halves here)
+        # (float32 sums in another order across ranks: 1.1-1.3e-5 seen with the default half-width localization net)
         worst = max(_max_diff(got["weights"][k], v) for k, v in weights.items() if k != "head.weight")
-        assert worst < 1e-5, f"rank {r}: transformer + backbone after one step differ by {worst}"
+        assert worst < 5e-5, f"rank {r}: transformer + backbone after one step differ by {worst}"
         shard = slice(*shard_range(num_classes, r, WORLD))
         assert _max_diff(got["weights"]["head.weight"], weights["head.weight"][shard]) < 1e-5
     assert float(embeddings.grad.abs().max()) > 1e-4  # the gradients compared are not all zero
