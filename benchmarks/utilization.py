@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import Budget, build_model, median, model_overrides
+from benchmarks.common import Budget, build_model, cpu_flags, median, model_overrides
 
 #: backbone -> extra overrides it needs (dlib's network takes 150 x 150 chips and is used frozen)
 BACKBONE_SETTINGS = {
@@ -190,8 +190,7 @@ def bench_backbone(backbone: str, crops: Path, batch: int, eval_images: int, rou
 
 
 def old_main_job_precision() -> str:
-    flags = set(_cpuinfo().get("flags", "").split())
-    return "bf16-mixed" if {"avx512_bf16", "amx_bf16"} & flags else "32-true"
+    return "bf16-mixed" if {"avx512_bf16", "amx_bf16"} & cpu_flags() else "32-true"
 
 
 def bench_main_job(crops: Path, batch: int, rounds: int, peak: float, gemm: float,
@@ -202,10 +201,10 @@ def bench_main_job(crops: Path, batch: int, rounds: int, peak: float, gemm: floa
     from stn_face.data.images import read_rgb
 
     common = ["logger=none", "model.margin_warmup_steps=0", *extra]
-    precision = str(compose(common).trainer.precision)
+    cfg = compose(common)
+    precision = str(cfg.trainer.precision)
     settings = {"old": (OLD_MAIN_JOB + common, old_main_job_precision()), "new": (common, precision),
                 "new_eager": ([*common, "model.compile=false"], precision)}
-    cfg = compose(common)
     size, batch = int(cfg.data.image_size), batch or int(cfg.data.batch_size)
     files = sorted(crops.glob("*/*.jpg"))
     transform = eval_transform(size)

@@ -29,6 +29,16 @@ def prepare_small_lfw(lfw_dir: Path, per_identity: int = 6, people=LFW_TRAIN_PEO
     return out
 
 
+def load_script(path: Path, name: str):
+    """The module of a script that is not in a package (``experiments/*/*.py``), imported from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_cli(args: list[str], timeout: float = 600, env: dict | None = None, cwd: Path | None = None):
     """Run ``python -m <module> args`` with the test environment; returns the CompletedProcess."""
     full_env = dict(os.environ)

@@ -3,17 +3,15 @@ committed words and tables (an edit by hand, or tables rebuilt without the page,
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
+
+from tests.helpers import load_script
 
 STUDY = Path(__file__).resolve().parents[1] / "experiments" / "cpu_celeba"
 
 
 def _assemble():
-    spec = importlib.util.spec_from_file_location("assemble_readme", STUDY / "assemble_readme.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(STUDY / "assemble_readme.py", "assemble_readme")
 
 
 def test_committed_study_page_is_the_assembled_one():

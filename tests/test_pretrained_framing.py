@@ -4,7 +4,6 @@ plain 1.3x crop resized is measurably worse."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +13,13 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from stn_face.config import CONF_DIR
+from tests.helpers import load_script
 
 STUDY = Path(__file__).resolve().parents[1] / "experiments" / "pretrained_alignment"
 
 
 def _framing():
-    spec = importlib.util.spec_from_file_location("framing", STUDY / "framing.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(STUDY / "framing.py", "framing")
 
 
 framing = _framing()

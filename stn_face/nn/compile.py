@@ -14,6 +14,7 @@ pay the compilation back, where both exist.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sysconfig
 from pathlib import Path
@@ -29,8 +30,6 @@ AUTO_COMPILE_MIN_STEPS = 500
 
 def compiler_missing() -> str | None:
     """Why Inductor cannot build CPU kernels here (no C++ compiler, no Python headers), or None."""
-    import os
-
     compilers = [os.environ.get("CXX"), "g++", "c++", "clang++"]
     if not any(c and shutil.which(c) for c in compilers):
         return "no C++ compiler found (CXX, g++, c++ or clang++ on PATH)"
