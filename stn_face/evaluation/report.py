@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from stn_face.evaluation.artifacts import METRICS_FILE, ROC_FILE, read_run_metrics
+from stn_face.evaluation.artifacts import METRICS_FILE, ROC_FILE, read_record, read_run_metrics
 from stn_face.evaluation.tables import MISSING, mean_std, write_csv
 
 __all__ = [
@@ -169,6 +169,7 @@ def find_runs(root: str | Path) -> list[Run]:
 
     A run folder is one holding ``metrics.json`` or ``*_metrics.json`` files (all merged, see
     :func:`~stn_face.evaluation.artifacts.read_metrics`); folders whose files hold no verification summary are left out.
+    A network scored untrained (``"untrained": true``) has no seed: its result does not depend on one.
     """
     root = Path(root).resolve()
     by_folder: dict[Path, list[Path]] = {}
@@ -181,6 +182,8 @@ def find_runs(root: str | Path) -> list[Run]:
         if not metrics:
             continue
         settings = _read_settings(folder, root)
+        if any(read_record(path).get("untrained") for path in paths if path.name == METRICS_FILE):
+            settings["seed"] = None
         runs.append(
             Run(
                 directory=folder,

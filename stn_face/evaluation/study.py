@@ -126,6 +126,16 @@ def check_labels(rows: Sequence[Row], pairs: Sequence[tuple[str, str]]) -> None:
         raise KeyError(f"names no row {', '.join(map(repr, unknown))}; the rows are: {', '.join(labels)}")
 
 
+def _seed_free(row: Row) -> bool:
+    """One run with no seed: a network scored without training (``train=false`` without a checkpoint,
+    ``stn-face-eval backbone=`` or ``embeddings=``), whose result no seed changes."""
+    return list(row.runs) == [None]
+
+
+def _run_of(row: Row, seed: int | None) -> Run:
+    return row.runs[None] if _seed_free(row) else row.runs[seed]
+
+
 def paired_comparisons(rows: Sequence[Row], n_boot: int = 10_000, level: float = 0.95,
                        extra: Sequence[tuple[str, str]] = ()) -> list[dict[str, Any]]:
     """Each learned row against the identity row of its condition, on their common seeds; then each
@@ -135,6 +145,9 @@ def paired_comparisons(rows: Sequence[Row], n_boot: int = 10_000, level: float =
     The comparisons with two or more seeds are one family: each gets ``p_holm`` (its ``p_seeds_pairs``
     Holm-adjusted over the family, :func:`.comparison.holm`) and ``distinguishable_holm``
     (``p_holm < 1 - level``), the verdict that allows for the table testing many differences at once.
+
+    A seed-free row (one run with no seed: an untrained network, :func:`_seed_free`) is compared with every
+    seed of the other row, so its outcomes repeat across seeds and only the other row's seeds vary.
 
     Rows whose runs hold no scored pairs (older ROC files) are skipped with ``note`` saying so; pairs that
     differ between the two rows (another pair file or order) raise ``ValueError``; a label in ``extra``
@@ -151,10 +164,14 @@ def paired_comparisons(rows: Sequence[Row], n_boot: int = 10_000, level: float =
 
     def compare(row: Row, reference: Row) -> dict[str, Any]:
         seeds = [s for s in row.seeds if s in reference.runs]
+        if not seeds and _seed_free(reference):  # an untrained network: the same reference for every seed
+            seeds = row.seeds
+        elif not seeds and _seed_free(row):
+            seeds = reference.seeds
         entry: dict[str, Any] = {"row": row.label, "reference": reference.label, "seeds": seeds}
         if not seeds:
             return {**entry, "note": "no seed in common"}
-        outcomes = [(outcomes_of(row.runs[s]), outcomes_of(reference.runs[s])) for s in seeds]
+        outcomes = [(outcomes_of(_run_of(row, s)), outcomes_of(_run_of(reference, s))) for s in seeds]
         if any(a is None or b is None for a, b in outcomes):
             return {**entry, "note": "no scored pairs stored (roc_lfw.npz written before they were kept)"}
         _, base_labels, base_folds = outcomes[0][1]

@@ -47,7 +47,8 @@ def resolve_ckpt_path(value: str | None, cfg: DictConfig) -> str | None:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit (``train=true``) or validate a checkpoint (``train=false``); returns the ``metrics.json`` record."""
+    """Fit (``train=true``) or validate a checkpoint (``train=false``; with no ``ckpt_path`` and a frozen
+    pretrained backbone, the network as configured); returns the ``metrics.json`` record."""
     from stn_face.checkpoint import check_compatible, load_checkpoint, model_config
     from stn_face.training.loggers import finish_loggers, log_hyperparameters
     from stn_face.training.progress import announce_run, quiet_library_logs, report_interrupt, report_result
@@ -60,11 +61,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
     fitting = bool(cfg.get("train", True))
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg)
-    if not fitting:
-        if not ckpt_path:
-            from stn_face.errors import InputError
+    # train=false without a checkpoint scores the network as configured, untrained: meaningful only for a
+    # frozen pretrained backbone (the transformer at its start view, e.g. transform.init_frame)
+    untrained = not fitting and not ckpt_path
+    if untrained and not OmegaConf.select(cfg, "model.freeze_backbone", default=False):
+        from stn_face.errors import InputError
 
-            raise InputError("train=false evaluates a checkpoint: give ckpt_path=PATH (a .ckpt file or a run folder)")
+        raise InputError("train=false evaluates a checkpoint: give ckpt_path=PATH (a .ckpt file or a run folder); "
+                         "without one it scores only a frozen pretrained backbone (model.freeze_backbone=true)")
+    if not fitting and ckpt_path:
         stored = load_checkpoint(ckpt_path, trust=bool(cfg.get("trust_checkpoint")))
         use_checkpoint_network(cfg, stored)
     require_config_values(cfg, ("data", "eval"))
@@ -76,7 +81,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             cfg.eval.name = eval_sets[0].name
     # passed after instantiation: Hydra would turn the dataclass objects back into configs
     datamodule = hydra.utils.instantiate(cfg.data, _partial_=True)(eval_sets=eval_sets)
-    if fitting:
+    if fitting or untrained:  # an untrained head still needs its size: the training identities
         if int(os.environ.get("LOCAL_RANK", "0")) == 0:
             datamodule.prepare_data()
         datamodule.setup("fit")
@@ -110,7 +115,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("test", False):
         trainer.test(model, datamodule=datamodule, ckpt_path=None if fitting else ckpt_path)
     record = collect_metrics(trainer, callbacks, model, primary=eval_sets[0].name if eval_sets else None,
-                             kind="train" if fitting else "validate")
+                             kind="train" if fitting else "validate", untrained=untrained)
     if trainer.is_global_zero:
         from stn_face.evaluation.artifacts import write_metrics
 
@@ -158,9 +163,11 @@ def use_checkpoint_network(cfg: DictConfig, ckpt: dict[str, Any]) -> None:
             cfg.data.crop = OmegaConf.create(stored["crop"])
 
 
-def collect_metrics(trainer: L.Trainer, callbacks: list, model, primary: str | None, kind: str) -> dict[str, Any]:
+def collect_metrics(trainer: L.Trainer, callbacks: list, model, primary: str | None, kind: str,
+                    untrained: bool = False) -> dict[str, Any]:
     """The run's ``metrics.json`` record: the sets scored in this run (the primary one at the top), the best
-    per set (training), the final logged training values and the step of the scored weights."""
+    per set (training), the final logged training values and the step of the scored weights (0 and
+    ``"untrained": true`` for a network scored as configured, ``train=false`` without a checkpoint)."""
     from stn_face.evaluation.artifacts import run_record
     from stn_face.evaluation.callbacks import VerificationCallback
 
@@ -170,5 +177,5 @@ def collect_metrics(trainer: L.Trainer, callbacks: list, model, primary: str | N
              if k.startswith(("train/", "transform/")) and v.numel() == 1} if kind == "train" else None
     return run_record(kind, sets, [primary] if primary else [],
                       best=verification.best if verification is not None else {}, train=train,
-                      step=trainer.global_step if kind == "train" else model.loaded_step,
-                      skipped_steps=getattr(model, "skipped_steps", 0))
+                      step=trainer.global_step if kind == "train" else 0 if untrained else model.loaded_step,
+                      skipped_steps=getattr(model, "skipped_steps", 0), **({"untrained": True} if untrained else {}))

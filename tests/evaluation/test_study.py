@@ -92,6 +92,33 @@ def test_each_learned_row_is_compared_with_its_own_identity_row(study) -> None:
     assert not same["distinguishable_holm"]
 
 
+def test_a_seed_free_reference_is_compared_with_every_seed(study) -> None:
+    """An untrained network scored once (``"untrained": true``: no seed) is the reference of each seed of a
+    trained row: the per-seed differences are each seed's accuracy minus the one reference accuracy."""
+    root, metrics = study
+    job = root / "clean" / "start_view"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["experiment=cpu_celeba", "transform=identity",
+                                                                     "train=false"]))
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": 42}))  # the config's default seed
+    scores = np.round(np.random.default_rng(5).normal(LABELS * 0.8, 1.0), 6)
+    reference = evaluate_verification(scores, LABELS, FOLDS)
+    write_metrics(job, metrics_record({"lfw": reference}, "lfw", kind="validate", untrained=True))
+    pairs = ScoredPairs(scores, LABELS, FOLDS)
+    save_roc_npz(job / "roc_lfw.npz", *pairs.roc(), pairs=pairs)
+    rows = group_by_seed(find_runs(root), root)
+    start = next(r for r in rows if r.label == "clean/start_view")
+    assert start.seeds == [None]
+    comparisons = paired_comparisons(rows, n_boot=500, extra=[("clean/projective", "clean/start_view"),
+                                                              ("clean/start_view", "clean/identity")])
+    forward, backward = comparisons[-2:]
+    assert forward["seeds"] == backward["seeds"] == [42, 43, 44]
+    expected = [metrics["clean", "projective", s]["accuracy_mean"] - reference["accuracy_mean"] for s in (42, 43, 44)]
+    assert forward["per_seed"] == pytest.approx(expected, abs=1e-12)
+    expected = [reference["accuracy_mean"] - metrics["clean", "identity", s]["accuracy_mean"] for s in (42, 43, 44)]
+    assert backward["per_seed"] == pytest.approx(expected, abs=1e-12)
+
+
 def test_report_cli_writes_the_seed_tables_and_one_curve_per_row(study, tmp_path: Path, capsys) -> None:
     root, metrics = study
     out = tmp_path / "report"

