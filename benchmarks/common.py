@@ -22,6 +22,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch
 
+from stn_face.machine import cpu_flags, cpu_model
 from stn_face.paths import cache_dir
 
 #: the repository root: benchmarks live in a source checkout, beside stn_face/
@@ -78,32 +79,13 @@ def default_output(date: str, suffix: str = "") -> Path:
 
 
 # ------------------------------------------------------------------------------------------ machine
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
 def machine_info() -> dict[str, Any]:
     import lightning
 
-    model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     flags = cpu_flags()
     return {
         "host": socket.gethostname(),
-        "cpu": model,
+        "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "isa": {k: k in flags for k in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")},

@@ -38,7 +38,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import Budget, build_model, cpu_flags, median, model_overrides
+from benchmarks.common import Budget, build_model, median, model_overrides
+from stn_face.machine import cpu_flags, cpuinfo
 
 #: backbone -> extra overrides it needs (dlib's network takes 150 x 150 chips and is used frozen)
 BACKBONE_SETTINGS = {
@@ -52,21 +53,9 @@ MAIN_JOB_CLASSES = 1184  # the LFW View 1 DevTrain identities with two or more p
 
 
 # ---------------------------------------------------------------------------------------- ceilings
-def _cpuinfo() -> dict[str, str]:
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if ":" in line:
-                key, value = (part.strip() for part in line.split(":", 1))
-                info.setdefault(key, value)
-    except OSError:
-        pass
-    return info
-
-
 def cpu_peak() -> dict[str, Any]:
     """The fp32 FMA peak of the CPUs this process may use, with how it was derived."""
-    info = _cpuinfo()
+    info = cpuinfo()
     flags = set(info.get("flags", "").split())
     cores = len(os.sched_getaffinity(0))
     mhz, clock_source = float(info.get("cpu MHz", "0") or 0), "/proc/cpuinfo cpu MHz"

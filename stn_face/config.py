@@ -37,11 +37,9 @@ def cpu_supports_fast_bf16() -> bool:
     EPYC: 8.4 s vs 2.3 s for a training step); with AVX512-BF16 dot products alone it is still slower for
     the main job (measured on a 2-core Intel Xeon with AVX512-BF16 and no AMX, 2026-12-05: 0.92x fp32's
     images/s, eager and compiled; ``make bench``, section ``precision``)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags
+    from stn_face.machine import cpu_flags
+
+    return "amx_bf16" in cpu_flags()
 
 
 def _cpu_precision() -> str:

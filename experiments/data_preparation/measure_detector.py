@@ -23,7 +23,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -34,16 +33,11 @@ from mtcnn_accuracy import eye_agreement, mirror_test
 
 from stn_face.data.detect import MTCNNDetector, select_face
 from stn_face.data.images import read_rgb
+from stn_face.machine import cpu_model
 
 
 def machine() -> str:
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        model = names[0] if names else model
-    return f"{model}, {os.cpu_count()} cores"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def sample(folder: Path, count: int, step: int) -> list[np.ndarray]:

@@ -15,11 +15,9 @@ command::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import platform
 import shlex
 import socket
 import sys
@@ -106,17 +104,10 @@ def split_by_identity(identities: list[str], held_out_fraction: float, split_see
 def machine() -> dict[str, Any]:
     """CPU model, cores, vector ISA, torch build and load: what every timing here is measured on.
     (``benchmarks.common.machine_info`` composes the train config, which fails inside a Hydra app.)"""
-    info = {"cpu": platform.processor(), "flags": []}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not info["flags"]:
-                info["cpu"] = value.strip()
-            elif key.strip() == "flags":
-                info["flags"] = value.split()
-                break
-    flags = set(info.pop("flags"))
-    return {**info, "host": socket.gethostname(), "logical_cpus": os.cpu_count(),
+    from stn_face.machine import cpu_flags, cpu_model
+
+    flags = cpu_flags()
+    return {"cpu": cpu_model(), "host": socket.gethostname(), "logical_cpus": os.cpu_count(),
             "isa": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
             "load_average": list(os.getloadavg())}

@@ -28,7 +28,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -286,15 +285,9 @@ def compare(rows: list[dict[str, Any]], chosen: dict[str, Any], aligner: DlibAli
 
 
 def machine() -> dict[str, Any]:
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "load_average": [round(v, 2) for v in os.getloadavg()]}
+    from stn_face.machine import cpu_model
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average": [round(v, 2) for v in os.getloadavg()]}
 
 
 def main() -> None:
