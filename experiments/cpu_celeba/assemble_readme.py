@@ -15,30 +15,10 @@ import argparse
 import csv
 from pathlib import Path
 
+from stn_face.evaluation.tables import timing_table
+
 STUDY = Path(__file__).resolve().parent
 WORDS = STUDY / "readme"
-
-
-def _minutes(seconds: int) -> str:
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
-def timing_table(times_tsv: Path) -> str:
-    """One line per row: its seeds, each run's wall time and the 1-minute load average as it ended.
-
-    ``times.tsv`` columns: row, seed, seconds, finished at, machine, load averages, command."""
-    runs: dict[str, list[list[str]]] = {}
-    for line in times_tsv.read_text().splitlines():
-        fields = line.split("\t")
-        runs.setdefault(fields[0], []).append(fields)
-    lines = ["| row | seeds run | wall time per run (min:s), in seed order | load average at the end (1 min) |",
-             "|---|---|---|---|"]
-    for row, done in runs.items():
-        seeds = ", ".join(f[1] for f in done)
-        walls = " / ".join(_minutes(int(f[2])) for f in done)
-        loads = " / ".join(f[5].split()[0] for f in done)
-        lines.append(f"| `{row}` | {seeds} | {walls} | {loads} |")
-    return "\n".join(lines)
 
 
 def readme() -> str:

@@ -1,5 +1,5 @@
-"""What the result tables of ``stn-face-report`` share: the mark of a missing value, ``mean ± std`` cells
-and the CSV writer."""
+"""What the result tables of ``stn-face-report`` and the studies share: the mark of a missing value,
+``mean ± std`` cells, the CSV writer and the wall-time table of a study's ``times.tsv``."""
 
 from __future__ import annotations
 
@@ -29,3 +29,27 @@ def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], empty_header:
         for row in rows:
             writer.writerow({k: "" if v is None else v for k, v in row.items()})
     return path
+
+
+def _minutes(seconds: int) -> str:
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def timing_table(times_tsv: str | Path) -> str:
+    """One markdown line per row of a study: its seeds, each run's wall time and the 1-minute load average
+    as it ended, from the ``times.tsv`` a study's ``run.sh`` appends to.
+
+    ``times.tsv`` columns: row, seed (``-`` for a seed-free run), seconds, finished at, machine, load
+    averages, command."""
+    runs: dict[str, list[list[str]]] = {}
+    for line in Path(times_tsv).read_text().splitlines():
+        fields = line.split("\t")
+        runs.setdefault(fields[0], []).append(fields)
+    lines = ["| row | seeds run | wall time per run (min:s), in seed order | load average at the end (1 min) |",
+             "|---|---|---|---|"]
+    for row, done in runs.items():
+        seeds = ", ".join(f[1] for f in done)
+        walls = " / ".join(_minutes(int(f[2])) for f in done)
+        loads = " / ".join(f[5].split()[0] for f in done)
+        lines.append(f"| `{row}` | {seeds} | {walls} | {loads} |")
+    return "\n".join(lines)
