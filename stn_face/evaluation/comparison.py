@@ -80,14 +80,15 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
 
 def paired_difference(correct_a: Sequence[Sequence[bool]] | np.ndarray, correct_b: Sequence[Sequence[bool]] | np.ndarray,
                       n_boot: int = 10_000, level: float = 0.95, rng_seed: int = 0,
-                      chunk: int = 500) -> dict[str, Any]:
+                      chunk: int = 500, untrained: bool = False) -> dict[str, Any]:
     """Paired accuracy difference A - B with percentile-bootstrap intervals (see the module docstring).
 
     ``correct_a``, ``correct_b``: ``(S, P)`` booleans, seed ``s`` of A paired with seed ``s`` of B on
     the same ``P`` pairs. Returns ``difference`` (a fraction), ``per_seed`` (S,), ``ci_pairs`` and
     ``ci_seeds_pairs`` (``(low, high)``), ``distinguishable`` (the seeds+pairs interval excludes 0; None
     for one seed, whose interval holds no training noise), ``p_seeds_pairs`` (:func:`bootstrap_p_value` of
-    the seeds+pairs resamples; None for one seed),
+    the seeds+pairs resamples; None for one seed), both given for one seed when ``untrained`` (two networks
+    scored without training: there is no training noise, the pairs are the whole uncertainty),
     ``n_seeds``, ``n_pairs``, ``n_boot``, ``level``. ``rng_seed`` makes the intervals reproducible.
     """
     a = np.atleast_2d(np.asarray(correct_a, dtype=bool))
@@ -112,6 +113,7 @@ def paired_difference(correct_a: Sequence[Sequence[bool]] | np.ndarray, correct_
         seed_weights = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=size) / n_seeds  # (B, S)
         with_seeds.append(np.sum(per_seed_boot * seed_weights, axis=1))
     with_seeds_samples = np.concatenate(with_seeds)
+    judged = n_seeds >= 2 or untrained
     ci_pairs = _percentile_interval(np.concatenate(pairs_only), level)
     ci_seeds = _percentile_interval(with_seeds_samples, level)
     return {
@@ -119,9 +121,9 @@ def paired_difference(correct_a: Sequence[Sequence[bool]] | np.ndarray, correct_
         "per_seed": [float(d) for d in per_seed],
         "ci_pairs": ci_pairs,
         "ci_seeds_pairs": ci_seeds,
-        # one seed says nothing about training noise: no verdict
-        "distinguishable": bool(ci_seeds[0] > 0 or ci_seeds[1] < 0) if n_seeds >= 2 else None,
-        "p_seeds_pairs": bootstrap_p_value(with_seeds_samples) if n_seeds >= 2 else None,
+        # one seed says nothing about training noise: no verdict (untrained networks have none)
+        "distinguishable": bool(ci_seeds[0] > 0 or ci_seeds[1] < 0) if judged else None,
+        "p_seeds_pairs": bootstrap_p_value(with_seeds_samples) if judged else None,
         "n_seeds": int(n_seeds),
         "n_pairs": int(n_pairs),
         "n_boot": int(n_boot),

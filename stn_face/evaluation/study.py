@@ -179,7 +179,8 @@ def paired_comparisons(rows: Sequence[Row], n_boot: int = 10_000, level: float =
             if not all(np.array_equal(o[1], base_labels) and np.array_equal(o[2], base_folds) for o in pair):
                 raise ValueError(f"{row.label} and {reference.label} (seed {seed}) were not scored on the same pairs: "
                                  "compare runs evaluated on the same pair file")
-        result = paired_difference([a[0] for a, _ in outcomes], [b[0] for _, b in outcomes], n_boot=n_boot, level=level)
+        result = paired_difference([a[0] for a, _ in outcomes], [b[0] for _, b in outcomes], n_boot=n_boot, level=level,
+                                   untrained=_seed_free(row) and _seed_free(reference))
         return {**entry, **result}
 
     comparisons = []
@@ -213,7 +214,7 @@ def _per_seed(summary: Mapping[str, Any], digits: int) -> str:
 
 
 def _seeds_text(seeds: Sequence[int | None]) -> str:
-    return ", ".join("?" if s is None else str(s) for s in seeds)
+    return ", ".join("-" if s is None else str(s) for s in seeds)
 
 
 def _protocol_counts(rows: Sequence[Row]) -> tuple[str, str, str]:
@@ -238,7 +239,8 @@ def _seeds_markdown(summaries: Sequence[Mapping[str, Any]], far: str,
             _mean_std(s["acc"], 2), _per_seed(s["acc"], 2), _mean_std(s["auc"], 4), _per_seed(s["auc"], 4),
             _mean_std(s["tar"], 2), _per_seed(s["tar"], 2)]) + " |")
     kfold, others, pooled = counts
-    note = ("\nMean ± sample standard deviation (ddof=1) across seeds; per-seed values in seed order. Each run's "
+    note = ("\nMean ± sample standard deviation (ddof=1) across seeds; per-seed values in seed order; seed \"-\": "
+            "no seed (a network scored without training, or a run that did not record its seed). Each run's "
             f"accuracy is the {kfold} LFW View 2 accuracy (threshold chosen on the {others} folds); AUC and "
             f"TAR@FAR={far} on {pooled} pairs pooled.\n")
     return "\n".join(lines) + "\n" + note
@@ -276,7 +278,9 @@ def _paired_markdown(comparisons: Sequence[Mapping[str, Any]]) -> str:
             "pair's outcome under the 10-fold protocol; the mean over seeds. Intervals: percentile bootstrap "
             f"({n_boot:,} resamples) over pairs with the trained models fixed (\"pairs\"), and over seeds and pairs "
             "(\"seeds+pairs\", which adds training noise). Distinguishable: the seeds+pairs interval excludes 0; "
-            "a row with one seed gets no verdict, its interval holding no training noise. p: the two-sided "
+            "a row with one seed gets no verdict, its interval holding no training noise, except between two "
+            "networks scored without training (seeds \"-\"), which have none. A seed-free row compared with a "
+            "trained one is the reference of each of its seeds. p: the two-sided "
             "bootstrap p-value of the seeds+pairs resamples at 0; Holm p: adjusted by Holm's step-down method "
             f"over the {family} comparisons of this table, so that \"after Holm\" (Holm p < 0.05) keeps the "
             "chance of any false \"yes\" in the whole table below 5 % (stn_face/evaluation/comparison.py).\n")

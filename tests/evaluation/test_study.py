@@ -117,6 +117,19 @@ def test_a_seed_free_reference_is_compared_with_every_seed(study) -> None:
     assert forward["per_seed"] == pytest.approx(expected, abs=1e-12)
     expected = [reference["accuracy_mean"] - metrics["clean", "identity", s]["accuracy_mean"] for s in (42, 43, 44)]
     assert backward["per_seed"] == pytest.approx(expected, abs=1e-12)
+    assert forward["distinguishable"] is not None  # three trained seeds: a verdict
+    # two untrained networks: no training noise, so one "seed" gets a verdict and a p-value
+    job = root / "clean" / "plain"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["backbone=dlib_resnet", "eval=lfw"]))
+    plain_scores = np.round(np.random.default_rng(6).normal(LABELS * 0.3, 1.0), 6)
+    write_metrics(job, metrics_record({"lfw": evaluate_verification(plain_scores, LABELS, FOLDS)}, "lfw", kind="eval"))
+    plain = ScoredPairs(plain_scores, LABELS, FOLDS)
+    save_roc_npz(job / "roc_lfw.npz", *plain.roc(), pairs=plain)
+    (both,) = paired_comparisons(group_by_seed(find_runs(root), root), n_boot=500,
+                                 extra=[("clean/start_view", "clean/plain")])[-1:]
+    assert both["seeds"] == [None] and both["difference"] > 0.05  # separation 0.8 against 0.3: +7 points
+    assert both["distinguishable"] is True and both["p_seeds_pairs"] < 0.01 and both["p_holm"] is not None
 
 
 def test_report_cli_writes_the_seed_tables_and_one_curve_per_row(study, tmp_path: Path, capsys) -> None:
