@@ -3,7 +3,8 @@
 # into logs/pretrained_alignment/<study>/<row>/seed<k>, each trained row with every seed in $SEEDS
 # (default "1 2 3"). A run whose metrics.json exists is skipped, so the script resumes where it stopped;
 # an unfinished run's folder is removed and the run starts again. Each finished run appends its row,
-# seed, wall time, machine and load to logs/pretrained_alignment/times.tsv.
+# seed, wall time, machine and load to logs/pretrained_alignment/times.tsv. To stop after the run under
+# way, create logs/pretrained_alignment/STOP (removed as the script stops).
 # Rows (frozen dlib_resnet unless said):
 #   clean/<t>            1.6x crops, transform t trained (similarity, affine, projective, tps)
 #   misaligned/<t>       the same crops under the CPU study's misalignment (experiment=pretrained_dlib_misaligned)
@@ -28,6 +29,7 @@ run() {  # run <row> <seed or -> <command...>: once, timed, into $LOGS/<row>[/se
   local row=$1 seed=$2; shift 2
   local dir=$LOGS/$row; [ "$seed" = - ] || dir=$dir/seed$seed
   if [ -f "$dir/metrics.json" ]; then echo "$dir: done, skipped"; return; fi
+  if [ -f "$LOGS/STOP" ]; then rm -f "$LOGS/STOP"; echo "$LOGS/STOP found: stopped before $dir"; exit 0; fi
   rm -rf "$dir"
   echo "== $row seed $seed: $*"
   local start; start=$(date +%s)
