@@ -15,7 +15,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from stn_face.evaluation.tables import timing_table
+from stn_face.evaluation.tables import fill_slots, timing_table
 
 STUDY = Path(__file__).resolve().parent
 WORDS = STUDY / "readme"
@@ -28,12 +28,10 @@ def readme() -> str:
     slots["PAIRED"] = (STUDY / "paired.md").read_text()
     slots["TIMING"] = timing_table(STUDY / "times.tsv")
     slots["DONE"] = str(len(list((STUDY / "runs").glob("*/*/seed*/metrics.json"))))
-    text = (WORDS / "body.md").read_text()
-    for name, value in slots.items():
-        text = text.replace("{{" + name + "}}", value.strip())
-    if "{{" in text:
-        raise SystemExit(f"readme/body.md has a slot this script does not fill: {text[text.index('{{'):][:40]!r}")
-    return text
+    try:
+        return fill_slots((WORDS / "body.md").read_text(), slots, source="readme/body.md")
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 def _mean_std(mean: str, std: str, digits: int) -> str:

@@ -46,3 +46,4 @@ want clean/projective clean/affine
 want clean/tps clean/projective
 "$PY" -m stn_face.cli.report "$OUT/runs" --out "$OUT" \
     --published "${STN_FACE_DATA:-../shared/data}/lfw/published-roc" ${pairs[@]+"${pairs[@]}"}
+"$PY" experiments/pretrained_alignment/assemble_readme.py

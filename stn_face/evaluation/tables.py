@@ -1,5 +1,6 @@
 """What the result tables of ``stn-face-report`` and the studies share: the mark of a missing value,
-``mean ± std`` cells, the CSV writer and the wall-time table of a study's ``times.tsv``."""
+``mean ± std`` cells, the CSV writer, the wall-time table of a study's ``times.tsv`` and the filling of a
+study page's ``{{SLOT}}`` template."""
 
 from __future__ import annotations
 
@@ -53,3 +54,14 @@ def timing_table(times_tsv: str | Path) -> str:
         loads = " / ".join(f[5].split()[0] for f in done)
         lines.append(f"| `{row}` | {seeds} | {walls} | {loads} |")
     return "\n".join(lines)
+
+
+def fill_slots(template: str, slots: Mapping[str, str], source: str = "the template") -> str:
+    """``template`` with every ``{{NAME}}`` replaced by ``slots[NAME]`` (stripped); ``ValueError`` naming
+    ``source`` and the slot when one is left unfilled."""
+    text = template
+    for name, value in slots.items():
+        text = text.replace("{{" + name + "}}", value.strip())
+    if "{{" in text:
+        raise ValueError(f"{source} has a slot with no value: {text[text.index('{{'):][:40]!r}")
+    return text
