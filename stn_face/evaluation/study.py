@@ -329,7 +329,8 @@ def write_study(rows: Sequence[Row], out_dir: str | Path, far: str = "1e-3",
         seed = median_seed(row)
         path = row.runs[seed].roc_path("lfw")
         if path is not None:
-            curves[f"{row.label} (seed {seed}, median of {len(row.runs)})"] = load_roc_npz(path)
+            which = "no seed" if _seed_free(row) else f"seed {seed}, median of {len(row.runs)}"
+            curves[f"{row.label} ({which})"] = load_roc_npz(path)
     if curves:
         written.append(plot_roc(curves, out / "roc.png", published=published,
                                 title="LFW View 2 ROC, one curve per row (its median seed by accuracy)"))
