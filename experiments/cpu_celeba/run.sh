@@ -15,9 +15,7 @@ export NO_ALBUMENTATIONS_UPDATE=1
 PY=${PYTHON:-.venv/bin/python}
 SEEDS=${SEEDS:-42 43 44}
 mkdir -p logs/cpu_celeba
-machine=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | xargs)
-grep -qw amx_bf16 /proc/cpuinfo && machine="$machine (AMX)" || true
-machine="$machine, $(nproc) cores"
+machine=$("$PY" -c "from stn_face.machine import describe; print(describe())")
 for row in "$@"; do
   study=${row%%/*}; variant=${row#*/}; long=()
   if [[ $variant == *_3x ]]; then

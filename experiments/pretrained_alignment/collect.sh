@@ -36,13 +36,14 @@ for t in similarity affine projective tps; do want "clean/$t" clean/identity; do
 want clean/identity clean/plain
 want reference/dlib_5point clean/plain
 want reference/dlib_5point clean/identity
-want clean/projective reference/dlib_5point
+for t in similarity affine projective tps; do want "clean/$t" reference/dlib_5point; done
 want finetune/projective reference/dlib_5point
 want misaligned/identity clean/identity
 want misaligned/projective misaligned/identity
 want finetune/projective clean/projective
 want clean/affine clean/similarity
 want clean/projective clean/affine
+want clean/projective clean/similarity
 want clean/tps clean/projective
 "$PY" -m stn_face.cli.report "$OUT/runs" --out "$OUT" \
     --published "${STN_FACE_DATA:-../shared/data}/lfw/published-roc" ${pairs[@]+"${pairs[@]}"}

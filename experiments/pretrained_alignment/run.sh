@@ -21,9 +21,7 @@ PY=${PYTHON:-.venv/bin/python}
 SEEDS=${SEEDS:-1 2 3}
 LOGS=logs/pretrained_alignment
 mkdir -p "$LOGS"
-machine=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | xargs)
-grep -qw amx_bf16 /proc/cpuinfo && machine="$machine (AMX)" || true
-machine="$machine, $(nproc) cores"
+machine=$("$PY" -c "from stn_face.machine import describe; print(describe())")
 
 run() {  # run <row> <seed or -> <command...>: once, timed, into $LOGS/<row>[/seed<k>]
   local row=$1 seed=$2; shift 2
