@@ -1,4 +1,4 @@
-"""The CPU study's page is generated: the committed README.md is what assemble_readme.py makes of the
+"""The studies' pages are generated: each committed README.md is what its assemble_readme.py makes of the
 committed words and tables (an edit by hand, or tables rebuilt without the page, fails here)."""
 
 from __future__ import annotations
@@ -35,3 +35,42 @@ def test_main_table_has_every_row_of_the_study():
     assert {"clean/identity", "clean/tps", "misaligned/projective", "clean/landmarks"} <= rows
     misaligned_projective = next(line for line in table if "`misaligned/projective`" in line)
     assert "**distinguishable**" in misaligned_projective
+
+
+# ------------------------------------------------------------------ the pretrained-alignment study
+PRETRAINED = STUDY.parent / "pretrained_alignment"
+
+
+def _pretrained():
+    return load_script(PRETRAINED / "assemble_readme.py", "assemble_pretrained_readme")
+
+
+def test_committed_pretrained_study_page_is_the_assembled_one():
+    assert (PRETRAINED / "README.md").read_text() == _pretrained().readme(), (
+        "experiments/pretrained_alignment/README.md differs from its parts: edit page.md, then run "
+        "python experiments/pretrained_alignment/assemble_readme.py")
+
+
+def test_goal_table_measures_the_gap_and_the_share_won_back(tmp_path):
+    seeds = tmp_path / "seeds.csv"
+    seeds.write_text("row,transform,seeds,acc_mean\n"
+                     "reference/dlib_5point,,None,98.45\nclean/identity,identity,None,96.35\n"
+                     "clean/projective,projective,1 2 3,98.20\nclean/similarity,similarity,1 2 3,97.80\n"
+                     "misaligned/identity,identity,None,80.35\nmisaligned/projective,projective,1 2 3,93.15\n")
+    lines = _pretrained().goal_table(seeds).splitlines()
+    assert "| `clean/projective` (seeds 1 2 3) | 98.20 | -0.25 | yes |" in lines
+    assert "| `clean/similarity` (seeds 1 2 3) | 97.80 | -0.65 | no |" in lines
+    assert "| `clean/tps` | not run yet | | |" in lines
+    # lost 16.00 points from the start view, won back 12.80 of them: 80 %; 18.10 from the reference: 71 %
+    assert "| `clean/identity` (96.35 %) | 16.00 | 12.80 | 80 % |" in lines
+    assert "| `reference/dlib_5point` (98.45 %) | 18.10 | 12.80 | 71 % |" in lines
+
+
+def test_a_slot_left_unfilled_is_named():
+    import pytest
+
+    from stn_face.evaluation.tables import fill_slots
+
+    assert fill_slots("a {{X}} b", {"X": " 1 \n"}) == "a 1 b"
+    with pytest.raises(ValueError, match=r"page.md has a slot with no value: '\{\{Y\}\}"):
+        fill_slots("{{X}} {{Y}}", {"X": "1"}, source="page.md")
