@@ -56,7 +56,7 @@ MAIN_JOB_CLASSES = 1184  # the LFW View 1 DevTrain identities with two or more p
 def cpu_peak() -> dict[str, Any]:
     """The fp32 FMA peak of the CPUs this process may use, with how it was derived."""
     info = cpuinfo()
-    flags = set(info.get("flags", "").split())
+    flags = cpu_flags()
     cores = len(os.sched_getaffinity(0))
     mhz, clock_source = float(info.get("cpu MHz", "0") or 0), "/proc/cpuinfo cpu MHz"
     max_freq = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
