@@ -92,6 +92,8 @@ class StnFaceModule(L.LightningModule):
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.compiled = compile and compile_networks(self.backbone, self.transformer.localization)
+        if self.compiled:
+            self.transformer.compile_sampling_grid()
 
     # ----------------------------------------------------------------------------------------- model
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

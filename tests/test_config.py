@@ -108,3 +108,7 @@ def test_cpu_study_composes_with_its_measured_settings(monkeypatch, tmp_path):
     model = instantiate(cfg.model, num_classes=299)
     assert model.head.s == 16.0 and model.margin_ramp_steps == 200 and model.channels_last
     assert model.transformer.localization.features[0].out_channels == 16
+    # the study was run without dropout; the main job's small backbone now has 0.4 (benchmarks/README.md)
+    assert model.backbone.head.dropout.p == 0.0
+    main_job = instantiate(compose_train([], tmp_path).model, num_classes=1184)
+    assert main_job.backbone.head.dropout.p == 0.4

@@ -1,4 +1,5 @@
-"""``model.compile``: the backbone and the localization net compiled in place by ``torch.compile``.
+"""``model.compile``: the backbone and the localization net compiled in place by ``torch.compile``, and the
+spatial transformer's sampling grid (:meth:`~stn_face.nn.transformer.SpatialTransformer.compile_sampling_grid`).
 
 An eager CPU training step of the main job spends about half its time outside the convolutions (BatchNorm
 and PReLU forward and backward, pooling), in passes over memory that Inductor fuses; ``make bench``'s

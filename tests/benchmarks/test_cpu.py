@@ -98,6 +98,14 @@ def test_quick_run_writes_every_figure(quick_result, crops):
     assert job["old"]["localization"] == [32, 64, 128] and job["new"]["localization"] == [16, 32, 64]
     assert job["old"]["gflop_per_image"] > job["new"]["gflop_per_image"]  # the half-width localization net
     assert job["mfu_ratio"] == pytest.approx(job["new"]["mfu"] / job["old"]["mfu"])
+    rounds = [n * job["new"]["gflop_per_image"] / (o * job["old"]["gflop_per_image"]) for n, o in
+              zip(job["new"]["rounds_images_per_second"], job["old"]["rounds_images_per_second"])]
+    assert job["rounds_mfu_ratio"] == pytest.approx(rounds) and min(rounds) <= job["mfu_ratio_paired"] <= max(rounds)
+    # the evaluation pipeline against the forward pass: the median of rounds run back to back
+    pipeline = tiny["eval_pipeline"]
+    assert len(pipeline["rounds_vs_forward"]) >= 1 and all(_positive(x) for x in pipeline["rounds_vs_forward"])
+    assert min(pipeline["rounds_vs_forward"]) <= pipeline["vs_forward"] <= max(pipeline["rounds_vs_forward"])
+    assert _positive(pipeline["forward_same_batch_images_per_second"]) and _positive(pipeline["vs_forward_at_batch"])
     m = r["machine"]
     assert m["logical_cpus"] >= 1 and m["torch_threads"] == 1 and "avx512_bf16" in m["isa"]
     assert m["cpu_trainer_precision"] in ("32-true", "bf16-mixed")

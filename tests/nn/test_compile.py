@@ -72,6 +72,9 @@ def test_compiled_model_equals_eager_and_keeps_its_parameter_names(tmp_path):
     eager, compiled = _tiny(False, tmp_path), _tiny(True, tmp_path)
     compiled.load_state_dict(eager.state_dict())
     assert compiled.compiled is True and eager.compiled is False
+    # the sampling grid is compiled with the networks (bitwise the same grid, half the time at batch 128)
+    assert compiled.transformer._sampling_grid != compiled.transformer.family.sampling_grid
+    assert eager.transformer._sampling_grid == eager.transformer.family.sampling_grid
     assert list(compiled.state_dict()) == list(eager.state_dict())  # checkpoints read either way
     images = torch.rand(8, 3, 128, 128) * 2 - 1
     labels = torch.arange(8) % 5
