@@ -115,15 +115,16 @@ def counted_flops(fn) -> float:
     return float(counter.get_total_flops())
 
 
-def _median_rate(fn, images: int, rounds: int, warm: bool = True) -> float:
-    if warm:
-        fn()
-    rates = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        rates.append(images / (time.perf_counter() - start))
-    return median(rates)
+def _rate(fn, images: int) -> float:
+    """Images per second of one call of ``fn`` that handles ``images`` images."""
+    start = time.perf_counter()
+    fn()
+    return images / (time.perf_counter() - start)
+
+
+def _median_rate(fn, images: int, rounds: int) -> float:
+    fn()  # warm-up
+    return median([_rate(fn, images) for _ in range(rounds)])
 
 
 def bench_backbone(backbone: str, crops: Path, batch: int, eval_images: int, rounds: int,
@@ -166,15 +167,12 @@ def bench_backbone(backbone: str, crops: Path, batch: int, eval_images: int, rou
     # mirror and the normalisation cost. The forward pass at ``batch`` (the MFU row) is timed beside it.
     doubled = torch.cat([images, images.flip(-1)])
 
-    def forward_blocks() -> tuple[float, float]:  # forward images/s at 2 x batch and at batch
-        rates = []
-        for batch_images, calls in ((doubled, forward_calls), (images, 2 * forward_calls)):
-            start = time.perf_counter()
+    def forward_block(batch_images: torch.Tensor, calls: int) -> float:  # forward images/s
+        def run() -> None:
             with torch.inference_mode():
                 for _ in range(calls):
                     model.embed(batch_images)
-            rates.append(calls * len(batch_images) / (time.perf_counter() - start))
-        return rates[0], rates[1]
+        return _rate(run, calls * len(batch_images))
 
     def pipeline() -> None:
         embedder.embed_files(files, batch_size=batch, progress=False)
@@ -183,13 +181,12 @@ def bench_backbone(backbone: str, crops: Path, batch: int, eval_images: int, rou
     # noisy neighbour slows both alike; the ratio is the median of the rounds' ratios
     forward_calls = max(1, round(len(files) / len(images)))
     model.eval()
-    forward_blocks()
+    forward_block(doubled, 1)  # warm-up at the doubled batch
     same_batch_rates, forward_rates, eval_rates = [], [], []
     for _ in range(max(rounds, 1)):
-        same_batch, at_batch = forward_blocks()
-        same_batch_rates.append(same_batch)
-        forward_rates.append(at_batch)
-        eval_rates.append(_median_rate(pipeline, len(files), 1, warm=False))  # crops/s, each with its mirror
+        same_batch_rates.append(forward_block(doubled, forward_calls))
+        forward_rates.append(forward_block(images, 2 * forward_calls))
+        eval_rates.append(_rate(pipeline, len(files)))  # crops/s, each with its mirror
     forward_rate, eval_rate = median(forward_rates), median(eval_rates)
     rounds_vs_forward = [2 * e / f for e, f in zip(eval_rates, same_batch_rates)]
     vs_forward = median(rounds_vs_forward)
@@ -323,9 +320,8 @@ def table(result: dict[str, Any]) -> str:
         label = f"{name} ({b['image_size']} px{', frozen' if b['frozen_backbone'] else ''})"
         for part in ("train", "forward", "eval_pipeline"):
             r = b[part]
-            note = (f"{r['vs_forward']:.2f}x the forward pass at its batch"
-                    + (f" ({r['vs_forward_at_batch']:.2f}x at {b['batch_size']})" if "vs_forward_at_batch" in r else "")
-                    if part == "eval_pipeline" else "")
+            note = (f"{r['vs_forward']:.2f}x the forward pass at its batch ({r['vs_forward_at_batch']:.2f}x at "
+                    f"{b['batch_size']})" if part == "eval_pipeline" else "")
             rows.append((label, part, f"{r['images_per_second']:.1f}", f"{r['gflop_per_image']:.3f}",
                          f"{r['gflops']:.1f}", f"{r['mfu']:.1%}", f"{r['of_gemm']:.1%}", note))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -352,5 +348,5 @@ def table(result: dict[str, Any]) -> str:
                          f"{r['localization']}, first step {r['first_step_s']:.1f} s)")
         lines.append(f"    today's defaults / old settings: {job['images_ratio']:.2f}x images/s, "
                      f"{job['mfu_ratio']:.2f}x MFU (median of the rounds' own ratios: "
-                     f"{job.get('mfu_ratio_paired', job['mfu_ratio']):.2f}x)")
+                     f"{job['mfu_ratio_paired']:.2f}x)")
     return "\n".join(lines)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import load_script
 
 STUDY = Path(__file__).resolve().parents[1] / "experiments" / "cpu_celeba"
@@ -12,12 +14,6 @@ STUDY = Path(__file__).resolve().parents[1] / "experiments" / "cpu_celeba"
 
 def _assemble():
     return load_script(STUDY / "assemble_readme.py", "assemble_readme")
-
-
-def test_committed_study_page_is_the_assembled_one():
-    assert (STUDY / "README.md").read_text() == _assemble().readme(), (
-        "experiments/cpu_celeba/README.md differs from its parts: edit readme/*.md, then run "
-        "python experiments/cpu_celeba/assemble_readme.py")
 
 
 def test_timing_table_lists_each_row_once_in_seed_order(tmp_path):
@@ -45,10 +41,13 @@ def _pretrained():
     return load_script(PRETRAINED / "assemble_readme.py", "assemble_pretrained_readme")
 
 
-def test_committed_pretrained_study_page_is_the_assembled_one():
-    assert (PRETRAINED / "README.md").read_text() == _pretrained().readme(), (
-        "experiments/pretrained_alignment/README.md differs from its parts: edit page.md, then run "
-        "python experiments/pretrained_alignment/assemble_readme.py")
+@pytest.mark.parametrize("study,parts", [("cpu_celeba", "readme/*.md"), ("pretrained_alignment", "page.md")])
+def test_committed_study_page_is_the_assembled_one(study, parts):
+    folder = STUDY.parent / study
+    page = load_script(folder / "assemble_readme.py", f"assemble_{study}_readme").readme()
+    assert (folder / "README.md").read_text() == page, (
+        f"experiments/{study}/README.md differs from its parts: edit {parts}, then run "
+        f"python experiments/{study}/assemble_readme.py")
 
 
 def test_goal_table_measures_the_gap_and_the_share_won_back(tmp_path):
@@ -67,8 +66,6 @@ def test_goal_table_measures_the_gap_and_the_share_won_back(tmp_path):
 
 
 def test_a_slot_left_unfilled_is_named():
-    import pytest
-
     from stn_face.evaluation.tables import fill_slots
 
     assert fill_slots("a {{X}} b", {"X": " 1 \n"}) == "a 1 b"
