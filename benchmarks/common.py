@@ -99,15 +99,16 @@ def machine_info() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ configs
-def compose(overrides: Sequence[str]):
-    """``train.yaml`` composed as ``stn-face-train`` would (parts are instantiated from it as needed)."""
+def compose(overrides: Sequence[str], config_name: str = "train"):
+    """``train.yaml`` (or ``config_name``) composed as ``stn-face-train`` (``stn-face-eval`` with
+    ``evaluate``) would; parts are instantiated from it as needed."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     from stn_face.config import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=list(overrides))
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
 
 
 def model_overrides(

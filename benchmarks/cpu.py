@@ -21,6 +21,8 @@ a step ~3x slower and their CPU time unstable (OpenMP spin-waits). Sections:
                subprocess per configuration (interleaved through a pipe).
 ``head_memory`` the margin head's memory per rank, full head vs Partial FC, 10k-2M identities on 1, 8 and
                64 ranks: measured where it fits, computed elsewhere (benchmarks/head_memory.py).
+``lfw_view2``  the real LFW View 2 evaluation (``score_checkpoint``, all 6,000 pairs), wall seconds from the
+               JPEG crops, into a new pixel pack, and from the pack (benchmarks/lfw_view2.py).
 ``recordio``   read throughput per DataLoader worker, ``data=rec`` (train.rec) against the folder of JPEGs:
                images/s and CPU ms per image (benchmarks/recordio.py).
 
@@ -53,6 +55,8 @@ from benchmarks.common import Budget, default_output, machine_info, quiet, resol
 from benchmarks.evaluation import bench_eval
 from benchmarks.head_memory import bench_section as bench_head_memory
 from benchmarks.head_memory import table_rows as head_memory_rows
+from benchmarks.lfw_view2 import bench_lfw_view2
+from benchmarks.lfw_view2 import table as lfw_view2_table
 from benchmarks.overhead import bench_overhead
 from benchmarks.precision import DEFAULT_PRECISION_CONFIGS, bench_precision
 from benchmarks.recordio import bench_recordio
@@ -67,7 +71,7 @@ TARGETS = {
     "stn_step_share": ("<=", 0.05),
     "pipeline_ratio": (">=", 0.90),
 }
-SECTIONS = ("mfu", "overhead", "stn", "pipeline", "eval", "precision", "head_memory", "recordio")
+SECTIONS = ("mfu", "lfw_view2", "overhead", "stn", "pipeline", "eval", "precision", "head_memory", "recordio")
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -133,6 +137,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="images per main-job step (mfu; 0: the main job's data.batch_size)")
     p.add_argument("--mfu-main-overrides", default="",
                    help="extra overrides of both main-job settings, comma-separated (mfu; --quick: model.compile=false)")
+    p.add_argument("--view2-backbones", default="dlib_resnet,small",
+                   help="backbones whose LFW View 2 evaluation the lfw_view2 section times")
+    p.add_argument("--view2-batch", type=int, default=16, help="crops per network call (lfw_view2)")
+    p.add_argument("--view2-pairs-per-fold", type=int, default=0,
+                   help="same and different pairs kept per fold (lfw_view2; 0: all 600)")
     p.add_argument(
         "--precision-configs",
         default=DEFAULT_PRECISION_CONFIGS,
@@ -184,6 +193,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "mfu_main_rounds": 1,
             "mfu_main_batch": 2,
             "mfu_main_overrides": "model.compile=false,backbone=tiny",
+            "view2_backbones": "tiny",
+            "view2_batch": 4,
+            "view2_pairs_per_fold": 1,
             "distinct_batches": 2,
             "rounds": 1,
             "overhead_rounds": 1,
@@ -335,6 +347,8 @@ def table(result: dict[str, Any]) -> str:
         lines += ["", recordio_table(result["recordio"])]
     if "mfu" in result:
         lines += ["", mfu_table(result["mfu"])]
+    if "lfw_view2" in result:
+        lines += ["", *lfw_view2_table(result["lfw_view2"])]
     if result.get("precision"):
         pr = result["precision"]
         lines.append(
@@ -393,6 +407,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             out = section("mfu", lambda: bench_mfu(args, crops, budget))
             if out:
                 result["mfu"] = out
+        if "lfw_view2" in sections:
+            out = section("lfw_view2", lambda: bench_lfw_view2(args, budget))
+            if out:
+                result["lfw_view2"] = out
         if "overhead" in sections:
             out = section("overhead", lambda: bench_overhead(args, crops, budget))
             if out:

@@ -16,13 +16,16 @@ convolutions and matrix products) for one batch of: the training step (forward a
 ``StnFaceModule.training_loss``: transformer, backbone, head; with ``model.freeze_backbone`` the
 backbone's weight gradients are not computed and not counted), the bare forward pass
 (``inference_mode``), and the evaluation pipeline (``FaceEmbedder.embed_files`` on LFW crop files at the
-same batch size, after one warm-up batch, decoding included, each image with its mirror: twice the
-forward FLOPs per crop). The pipeline runs the network on 2 x batch images a call (the crops and their
-mirrors); ``vs_forward`` compares it with the bare forward pass on a ready tensor of that many images, so
-what it measures is what decoding, preprocessing, mirroring and normalising cost; ``vs_forward_at_batch``
-with the forward pass at the batch size of the MFU row. Pipeline and forward passes alternate round by
-round over the same number of forward images, and each ratio is the median of the rounds' ratios.
-``mfu`` is achieved
+same batch size, after a warm-up call, each image with its mirror: twice the forward FLOPs per crop). The
+pipeline runs the network on 2 x batch images a call (the crops and their mirrors). ``eval_pipeline`` reads
+the crops' pixels from their pixel pack (:mod:`stn_face.data.pixel_pack`: what every LFW evaluation after the
+first does; ``pack_write_seconds`` is the one-off decoding), ``eval_pipeline_from_files`` decodes every JPEG
+(the first evaluation, and ``stn-face-embed``). ``vs_forward`` compares a pipeline with the bare forward pass
+on ready tensors of the same images, mirrors included, so what it measures is what reading, preprocessing,
+mirroring and normalising cost; ``vs_forward_at_batch`` compares it with the forward pass at the batch size
+of the MFU row. Forward passes and pipelines alternate round by round, and each ratio is the median of the
+rounds' ratios; ``in_network`` is the share of a pipeline's wall time spent inside the network's calls
+(timed around each), which a noisy neighbour cannot skew. ``mfu`` is achieved
 FLOP/s over ``peak``; ``of_gemm`` over the GEMM ceiling.
 
 ``main_job``: the main job's training step (``stn-face-train`` with no options: its model, batch, number of
@@ -37,6 +40,7 @@ round's own ratio (the two settings ran back to back in it, so a noisy neighbour
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -130,17 +134,15 @@ def _median_rate(fn, images: int, rounds: int) -> float:
 def bench_backbone(backbone: str, crops: Path, batch: int, eval_images: int, rounds: int,
                    peak: float, gemm: float, eval_batches: tuple[int, ...] = ()) -> dict[str, Any]:
     """Training step, forward pass and evaluation pipeline of the default model with ``backbone``."""
-    from stn_face.data.augment import eval_transform
+    from stn_face.data.augment import eval_batch
+    from stn_face.data.images import read_rgb
     from stn_face.embedder import FaceEmbedder
     from stn_face.nn.embedding import EmbeddingNet
 
     model, cfg = build_model(model_overrides(backbone) + BACKBONE_SETTINGS.get(backbone, []), 100)
     size = int(cfg.data.image_size)
     files = sorted(crops.glob("*/*.jpg"))[:eval_images]
-    transform = eval_transform(size)
-    from stn_face.data.images import read_rgb
-
-    images = torch.stack([transform(image=read_rgb(f))["image"] for f in files[:batch]])
+    images = eval_batch([read_rgb(f) for f in files[:batch]], size)
     labels = torch.arange(images.shape[0]) % 100
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
 
@@ -160,58 +162,91 @@ def bench_backbone(backbone: str, crops: Path, batch: int, eval_images: int, rou
     forward_flops = counted_flops(forward) / len(images)
     train_rate = _median_rate(train_step, len(images), rounds)
     embedder = FaceEmbedder(EmbeddingNet(model.transformer, model.backbone), image_size=size)
-    embedder.embed_files(files[:batch], batch_size=batch, progress=False)  # warm-up, as forward() has
-
-    # The pipeline runs the network on each crop with its mirror, 2 x batch images a call; its bare twin is
-    # the forward pass on a ready 2 x batch tensor, so the ratio is what decoding, preprocessing, the
-    # mirror and the normalisation cost. The forward pass at ``batch`` (the MFU row) is timed beside it.
-    doubled = torch.cat([images, images.flip(-1)])
-
-    def forward_block(batch_images: torch.Tensor, calls: int) -> float:  # forward images/s
-        def run() -> None:
-            with torch.inference_mode():
-                for _ in range(calls):
-                    model.embed(batch_images)
-        return _rate(run, calls * len(batch_images))
-
-    def pipeline() -> None:
-        embedder.embed_files(files, batch_size=batch, progress=False)
-
-    # forward passes and pipeline alternate round by round over the same number of forward images, so a
-    # noisy neighbour slows both alike; the ratio is the median of the rounds' ratios
-    forward_calls = max(1, round(len(files) / len(images)))
+    embedder.net = network = _TimedNetwork(embedder.net)
     model.eval()
-    forward_block(doubled, 1)  # warm-up at the doubled batch
-    same_batch_rates, forward_rates, eval_rates = [], [], []
-    for _ in range(max(rounds, 1)):
-        same_batch_rates.append(forward_block(doubled, forward_calls))
-        forward_rates.append(forward_block(images, 2 * forward_calls))
-        eval_rates.append(_rate(pipeline, len(files)))  # crops/s, each with its mirror
-    forward_rate, eval_rate = median(forward_rates), median(eval_rates)
-    rounds_vs_forward = [2 * e / f for e, f in zip(eval_rates, same_batch_rates)]
-    vs_forward = median(rounds_vs_forward)
-    vs_forward_at_batch = median([2 * e / f for e, f in zip(eval_rates, forward_rates)])
+    # the bare forward pass's input: the pipeline's very images, decoded and normalised beforehand, each
+    # batch with its mirrors (the pipeline runs 2 x batch images a call); the forward pass at ``batch``
+    # (the MFU row) is timed beside it on the first batch
+    ready = [torch.cat([chunk, chunk.flip(-1)]) for chunk in
+             (eval_batch([read_rgb(f) for f in files[i:i + batch]], size) for i in range(0, len(files), batch))]
+
+    def forward_pass() -> None:
+        with torch.inference_mode():
+            for doubled in ready:
+                model.embed(doubled)
+
+    def forward_at_batch() -> None:
+        with torch.inference_mode():
+            for _ in range(2 * len(ready)):
+                model.embed(images)
+
+    with tempfile.TemporaryDirectory() as pack_folder:
+        def pipeline() -> None:  # an evaluation after the first: the crops' pixels come from their pack
+            embedder.embed_files(files, batch_size=batch, progress=False, pixel_cache=pack_folder)
+
+        def pipeline_from_files() -> None:  # every crop decoded from its JPEG (the first evaluation)
+            embedder.embed_files(files, batch_size=batch, progress=False)
+
+        start = time.perf_counter()
+        pipeline()  # writes the pack: decoding once
+        pack_seconds = time.perf_counter() - start
+        forward_pass(), forward_at_batch(), pipeline_from_files()  # warm-up
+        # the four alternate round by round over the same images, so a noisy neighbour slows them alike;
+        # each ratio is the median of the rounds' own ratios. ``in_network`` is the share of a pipeline
+        # call spent inside the network (timed around each call of it): the noise-free view of the same.
+        forward_rates, at_batch_rates, pack_rates, file_rates, pack_share, file_share = ([] for _ in range(6))
+        for _ in range(max(rounds, 1)):
+            forward_rates.append(_rate(forward_pass, 2 * len(files)))
+            at_batch_rates.append(_rate(forward_at_batch, 2 * len(ready) * len(images)))
+            network.seconds = 0.0
+            pack_rates.append(_rate(pipeline, len(files)))  # crops/s, each with its mirror
+            pack_share.append(network.seconds * pack_rates[-1] / len(files))
+            network.seconds = 0.0
+            file_rates.append(_rate(pipeline_from_files, len(files)))
+            file_share.append(network.seconds * file_rates[-1] / len(files))
 
     def row(rate: float, flops: float, forward_images: float = 1.0) -> dict[str, float]:
         achieved = rate * flops * forward_images / 1e9
         return {"images_per_second": rate, "gflop_per_image": flops * forward_images / 1e9,
                 "gflops": achieved, "mfu": achieved / peak, "of_gemm": achieved / gemm}
 
+    def pipeline_row(rates: list[float], share: list[float]) -> dict[str, Any]:
+        rounds_vs_forward = [2 * e / f for e, f in zip(rates, forward_rates)]
+        return {**row(median(rates), forward_flops, 2.0), "crops": len(files),
+                "forward_images_per_second": 2 * median(rates), "vs_forward": median(rounds_vs_forward),
+                "rounds_vs_forward": rounds_vs_forward,
+                "vs_forward_at_batch": median([2 * e / f for e, f in zip(rates, at_batch_rates)]),
+                "in_network": median(share)}
+
     sweep = {}
-    for eval_batch in eval_batches:  # the evaluation pipeline's speed against its batch size
-        embedder.embed_files(files[:eval_batch], batch_size=eval_batch, progress=False)
+    for eval_batch_size in eval_batches:  # the evaluation pipeline's speed against its batch size
+        embedder.embed_files(files[:eval_batch_size], batch_size=eval_batch_size, progress=False)
         start = time.perf_counter()
-        embedder.embed_files(files, batch_size=eval_batch, progress=False)
-        sweep[eval_batch] = len(files) / (time.perf_counter() - start)
+        embedder.embed_files(files, batch_size=eval_batch_size, progress=False)
+        sweep[eval_batch_size] = len(files) / (time.perf_counter() - start)
     return {"backbone": backbone, "image_size": size, "batch_size": len(images),
             "eval_pipeline_crops_per_second_by_batch": sweep,
             "frozen_backbone": bool(cfg.model.get("freeze_backbone", False)),
-            "train": row(train_rate, train_flops), "forward": row(forward_rate, forward_flops),
-            "eval_pipeline": {**row(eval_rate, forward_flops, 2.0), "crops": len(files),
-                              "forward_images_per_second": 2 * eval_rate, "vs_forward": vs_forward,
-                              "rounds_vs_forward": rounds_vs_forward,
-                              "forward_same_batch_images_per_second": median(same_batch_rates),
-                              "vs_forward_at_batch": vs_forward_at_batch}}
+            "train": row(train_rate, train_flops), "forward": row(median(at_batch_rates), forward_flops),
+            "forward_pipeline_batch_images_per_second": median(forward_rates),
+            "eval_pipeline": {**pipeline_row(pack_rates, pack_share), "pack_write_seconds": pack_seconds},
+            "eval_pipeline_from_files": pipeline_row(file_rates, file_share)}
+
+
+class _TimedNetwork(torch.nn.Module):
+    """The embedder's network, with the seconds spent inside its calls added up in ``seconds``."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.seconds = 0.0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        try:
+            return self.net(images)
+        finally:
+            self.seconds += time.perf_counter() - start
 
 
 def old_main_job_precision() -> str:
@@ -318,10 +353,11 @@ def table(result: dict[str, Any]) -> str:
     rows = [("backbone", "part", "img/s", "GFLOP/img", "GFLOP/s", "mfu", "of GEMM", "note")]
     for name, b in result["backbones"].items():
         label = f"{name} ({b['image_size']} px{', frozen' if b['frozen_backbone'] else ''})"
-        for part in ("train", "forward", "eval_pipeline"):
+        for part in ("train", "forward", "eval_pipeline", "eval_pipeline_from_files"):
             r = b[part]
-            note = (f"{r['vs_forward']:.2f}x the forward pass at its batch ({r['vs_forward_at_batch']:.2f}x at "
-                    f"{b['batch_size']})" if part == "eval_pipeline" else "")
+            note = (f"{r['vs_forward']:.2f}x the forward pass on its images ({r['vs_forward_at_batch']:.2f}x at "
+                    f"batch {b['batch_size']}), {r['in_network']:.0%} of it in the network"
+                    if part.startswith("eval_pipeline") else "")
             rows.append((label, part, f"{r['images_per_second']:.1f}", f"{r['gflop_per_image']:.3f}",
                          f"{r['gflops']:.1f}", f"{r['mfu']:.1%}", f"{r['of_gemm']:.1%}", note))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -329,7 +365,8 @@ def table(result: dict[str, Any]) -> str:
         lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
         if i == 0:
             lines.append("  " + "  ".join("-" * w for w in widths))
-    lines.append("  eval_pipeline: crops/s from files (decode included), each crop with its mirror (2 forward passes)")
+    lines.append("  eval_pipeline: crops/s, each crop with its mirror (2 forward passes), pixels from the crops' pixel "
+                 "pack (every evaluation after the first); eval_pipeline_from_files: every JPEG decoded")
     for name, b in result["backbones"].items():
         sweep = b.get("eval_pipeline_crops_per_second_by_batch") or {}
         if sweep:

@@ -75,7 +75,6 @@ class FaceEmbedder:
         self.checkpoint_path = checkpoint_path
         self.step: int | None = None  # the optimiser step of the checkpoint's weights
         self._detector = None
-        self._transform = None
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -186,49 +185,70 @@ class FaceEmbedder:
                 batch = F.interpolate(batch, size=(self.image_size, self.image_size), mode="bilinear",
                                       align_corners=False, antialias=True)
             return batch
+        from stn_face.data.augment import eval_batch
+
+        if _is_pixel_batch(images):  # (B, H, W, 3) uint8 as it is: a slice of a pixel pack, say
+            return eval_batch(images, self.image_size).to(self.device)
         arrays = _as_array_list(images)
         if not arrays:
             return torch.zeros(0, 3, self.image_size, self.image_size, device=self.device)
-        if self._transform is None:
-            from stn_face.data.augment import eval_transform
-
-            self._transform = eval_transform(self.image_size)
-        return torch.stack([self._transform(image=a)["image"] for a in arrays]).to(self.device)
+        return eval_batch(arrays, self.image_size).to(self.device)
 
     # ---------------------------------------------------------------------------------- embed
     @torch.inference_mode()
     def _features(self, batch: torch.Tensor, flip: bool) -> torch.Tensor:
         return flip_sum(self.net, batch) if flip else F.normalize(self.net(batch))
 
-    def embed(self, images: ImagesLike, flip: bool = True, batch_size: int = 64):
+    def embed(self, images: ImagesLike, flip: bool = True, batch_size: int = 64, progress: bool = False):
         """L2-normalised embeddings. With ``flip`` (the paper's test feature): normalise(emb(image)) +
         normalise(emb(mirror image)), normalised again.
 
         Returns a numpy ``float32`` array ``(N, D)`` for arrays / lists, ``(D,)`` for one ``(H, W, 3)``
-        array, and a CPU float tensor ``(B, D)`` for a tensor input.
+        array, and a CPU float tensor ``(B, D)`` for a tensor input. A ``(N, H, W, 3)`` uint8 array (a
+        memory-mapped pixel pack, :mod:`stn_face.data.pixel_pack`) is read one batch at a time.
         """
         single = isinstance(images, np.ndarray) and images.ndim in (2, 3)
         if isinstance(images, torch.Tensor):
             outputs = [self._features(self.preprocess(chunk), flip).cpu() for chunk in images.split(batch_size)]
             return torch.cat(outputs) if outputs else torch.zeros(0, self.embedding_size)
-        arrays = _as_array_list(images)
-        outputs = [self._features(self.preprocess(arrays[i:i + batch_size]), flip).cpu().numpy()
-                   for i in range(0, len(arrays), batch_size)]
+        arrays = images if _is_pixel_batch(images) else _as_array_list(images)
+        outputs = []
+        bar = _progress(len(arrays), "embedding", progress)
+        try:
+            for start in range(0, len(arrays), batch_size):
+                chunk = arrays[start:start + batch_size]
+                outputs.append(self._features(self.preprocess(chunk), flip).cpu().numpy())
+                bar.update(len(chunk))
+        finally:
+            bar.close()
         result = np.concatenate(outputs) if outputs else np.zeros((0, self.embedding_size), np.float32)
         result = result.astype(np.float32, copy=False)
         return result[0] if single else result
 
     def embed_files(self, paths: Iterable[str | os.PathLike], batch_size: int = 64, progress: bool = True,
-                    flip: bool = True, skip_errors: bool = False):
+                    flip: bool = True, skip_errors: bool = False, pixel_cache: str | os.PathLike | None = None):
         """Embed image files (face crops) in batches; returns ``(N, D)`` float32.
 
         An unreadable file raises :class:`~stn_face.data.images.ImageReadError`; with ``skip_errors`` it
         is left out and the result is ``(embeddings, failed)``, ``failed`` mapping each left-out path
         to the reason (rows of ``embeddings`` follow the remaining paths in order).
+
+        ``pixel_cache``: a folder for the files' decoded pixels (:mod:`stn_face.data.pixel_pack`): the
+        first call decodes them into a pack there, later calls on the same unchanged files read the pack
+        instead of decoding JPEGs again. The same embeddings either way.
         """
         from stn_face.data.images import ImageReadError, read_rgb
 
         paths = [Path(p) for p in paths]
+        if pixel_cache is not None:
+            if skip_errors:
+                raise ValueError("embed_files: pixel_cache packs every file, so skip_errors cannot leave "
+                                 "unreadable ones out; pass one or the other")
+            from stn_face.data.pixel_pack import cached_pixels
+
+            pixels = cached_pixels(paths, self.image_size, pixel_cache, progress)
+            if pixels is not None:
+                return self.embed(pixels, flip=flip, batch_size=batch_size, progress=progress)
         failed: dict[str, str] = {}
         outputs = []
         bar = _progress(len(paths), "embedding", progress)
@@ -306,6 +326,12 @@ def _one(image: ImagesLike) -> np.ndarray:
     if len(arrays) != 1:
         raise ValueError(f"expected one image, got {len(arrays)}")
     return arrays[0]
+
+
+def _is_pixel_batch(images: ImagesLike) -> bool:
+    """A ``(N, H, W, 3)`` uint8 array, used as it is (no per-image list)."""
+    return (isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[-1] == 3
+            and images.dtype == np.uint8)
 
 
 def _as_array_list(images: ImagesLike) -> list[np.ndarray]:

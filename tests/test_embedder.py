@@ -153,3 +153,16 @@ def test_import_stn_face_stays_light():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             check=False)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_embed_files_through_a_pixel_pack_gives_the_same_embeddings(checkpoints, view2_crops, tmp_path):
+    root, names = view2_crops
+    embedder = FaceEmbedder.from_checkpoint(checkpoints["projective"])
+    paths = [root / n for n in names[:7]]
+    from_files = embedder.embed_files(paths, batch_size=3, progress=False)
+    first = embedder.embed_files(paths, batch_size=3, progress=False, pixel_cache=tmp_path)  # writes the pack
+    second = embedder.embed_files(paths, batch_size=3, progress=False, pixel_cache=tmp_path)  # reads it
+    assert np.array_equal(first, from_files) and np.array_equal(second, from_files)
+    assert len(list(tmp_path.glob("pixels-128-*.npy"))) == 1
+    with pytest.raises(ValueError, match="skip_errors"):
+        embedder.embed_files(paths, progress=False, pixel_cache=tmp_path, skip_errors=True)

@@ -62,7 +62,7 @@ def main(cfg) -> dict[str, Any]:
                                               device=cfg.device, crop=crop, batch_size=int(cfg.batch_size),
                                               flip=bool(cfg.flip), prepare_workers=int(cfg.prepare_workers),
                                               progress=bool(cfg.progress), trust=bool(cfg.get("trust_checkpoint")),
-                                              embedder=embedder)
+                                              embedder=embedder, pixel_cache=_pixel_cache(cfg.get("pixel_cache", True)))
         else:
             metrics, pairs = score_embeddings(eval_set, embeddings_file)
         scored[eval_set.name] = metrics
@@ -79,5 +79,15 @@ def main(cfg) -> dict[str, Any]:
     return record
 
 
+def _pixel_cache(value: Any) -> Path | None:
+    """``pixel_cache``: true -> ``<cache>/pixels``, false/null -> no pack, a path -> that folder."""
+    from stn_face.data.pixel_pack import pack_folder
+
+    if value is True:
+        return pack_folder()
+    return Path(str(value)).expanduser() if value else None
+
+
 if __name__ == "__main__":
     run_module(main)
+

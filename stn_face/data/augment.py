@@ -9,13 +9,17 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from collections.abc import Sequence
+
 import albumentations as A
 import cv2
+import numpy as np
+import torch
 from albumentations.pytorch import ToTensorV2
 
 from stn_face.data.images import MEAN, STD
 
-__all__ = ["MEAN", "STD", "eval_transform", "train_transform"]
+__all__ = ["MEAN", "STD", "eval_batch", "eval_transform", "resize_for_eval", "train_transform"]
 
 
 def eval_transform(image_size: int) -> A.Compose:
@@ -25,6 +29,29 @@ def eval_transform(image_size: int) -> A.Compose:
         A.Normalize(mean=MEAN, std=STD, max_pixel_value=255.0),
         ToTensorV2(),
     ])
+
+
+def resize_for_eval(image: np.ndarray, image_size: int) -> np.ndarray:
+    """:func:`eval_transform`'s resize alone: uint8 ``(H, W, 3)`` -> ``(S, S, 3)`` with OpenCV's area
+    interpolation (returned as is when it has that size already)."""
+    if image.shape[:2] == (image_size, image_size):
+        return image
+    return cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_AREA)
+
+
+def eval_batch(images: Sequence[np.ndarray] | np.ndarray, image_size: int) -> torch.Tensor:
+    """:func:`eval_transform` of a whole batch: uint8 RGB ``(H, W, 3)`` arrays of any sizes (or one
+    ``(B, H, W, 3)`` array) -> float ``(B, 3, S, S)``, bitwise the tensors ``eval_transform(S)`` gives
+    image by image, with one vectorised normalisation ``(v - 255 MEAN) / (255 STD)`` instead of one
+    pipeline call per image (a fifth of a millisecond each on a 2-core CPU)."""
+    if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[1:3] == (image_size, image_size):
+        pixels = np.array(images)  # a copy: a memory-mapped pack is read-only, torch wants writable memory
+    else:
+        pixels = np.stack([resize_for_eval(image, image_size) for image in images])
+    batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
+    offset = torch.tensor([255.0 * m for m in MEAN]).view(1, 3, 1, 1)
+    scale = torch.tensor([1.0 / (255.0 * s) for s in STD]).view(1, 3, 1, 1)
+    return ((batch - offset) * scale).contiguous()
 
 
 def train_transform(image_size: int, hflip: float = 0.5, rotate_limit: float = 0.0, scale_limit: float = 0.0,

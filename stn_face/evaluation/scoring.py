@@ -125,11 +125,13 @@ def load_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
 def score_checkpoint(eval_set, ckpt: str | Path, device: str = "cpu", crop: dict[str, Any] | None = None,
                      batch_size: int = 64, flip: bool = True, prepare_workers: int = 2,
                      progress: bool = True, trust: bool = False,
-                     embedder=None) -> tuple[dict[str, Any], ScoredPairs]:
+                     embedder=None, pixel_cache: str | Path | None = None) -> tuple[dict[str, Any], ScoredPairs]:
     """Crop (cached), embed and score ``eval_set`` with a checkpoint; ``crop=None``: the model's own
     crop settings. Returns ``(metrics, ScoredPairs)``; metrics name the checkpoint and its step.
     ``embedder``: a :class:`~stn_face.embedder.FaceEmbedder` built already (a pretrained backbone alone,
-    ``FaceEmbedder.from_pretrained``) instead of ``ckpt``."""
+    ``FaceEmbedder.from_pretrained``) instead of ``ckpt``. ``pixel_cache``: a folder for the crops' decoded
+    pixels (:mod:`stn_face.data.pixel_pack`; ``stn-face-eval`` uses ``pack_folder()``): read from their pack
+    there, written on first use; None decodes every crop."""
     from stn_face.data.protocols import MissingImagesError
 
     try:
@@ -146,7 +148,8 @@ def score_checkpoint(eval_set, ckpt: str | Path, device: str = "cpu", crop: dict
     eval_set.check_training_identities(embedder.class_names)
     eval_set.prepare(crop or embedder.crop_settings, workers=prepare_workers, progress=progress)
     eval_set.resolve()
-    features = embedder.embed_files(eval_set.items, batch_size=batch_size, progress=progress, flip=flip)
+    features = embedder.embed_files(eval_set.items, batch_size=batch_size, progress=progress, flip=flip,
+                                    pixel_cache=pixel_cache)
     metrics, pairs = set_metrics(eval_set, features)
     metrics.update({"ckpt": str(embedder.checkpoint_path) if embedder.checkpoint_path else None,
                     "step": embedder.step, "flip": flip})

@@ -83,7 +83,7 @@ def test_quick_run_writes_every_figure(quick_result, crops):
     assert peak["fp32_lanes"] in (4, 8, 16) and peak["mhz"] > 0 and "GFLOP/s" in peak["derivation"]
     assert 0 < mfu["gemm_mfu"] < 1.5 and 0 < mfu["conv_mfu"] < 1.5
     tiny = mfu["backbones"]["tiny"]
-    for part in ("train", "forward", "eval_pipeline"):
+    for part in ("train", "forward", "eval_pipeline", "eval_pipeline_from_files"):
         row = tiny[part]
         assert _positive(row["images_per_second"]) and 0 < row["mfu"] < 1, (part, row)
         assert row["gflops"] == pytest.approx(row["images_per_second"] * row["gflop_per_image"])
@@ -101,11 +101,22 @@ def test_quick_run_writes_every_figure(quick_result, crops):
     rounds = [n * job["new"]["gflop_per_image"] / (o * job["old"]["gflop_per_image"]) for n, o in
               zip(job["new"]["rounds_images_per_second"], job["old"]["rounds_images_per_second"])]
     assert job["rounds_mfu_ratio"] == pytest.approx(rounds) and min(rounds) <= job["mfu_ratio_paired"] <= max(rounds)
-    # the evaluation pipeline against the forward pass: the median of rounds run back to back
-    pipeline = tiny["eval_pipeline"]
-    assert len(pipeline["rounds_vs_forward"]) >= 1 and all(_positive(x) for x in pipeline["rounds_vs_forward"])
-    assert min(pipeline["rounds_vs_forward"]) <= pipeline["vs_forward"] <= max(pipeline["rounds_vs_forward"])
-    assert _positive(pipeline["forward_same_batch_images_per_second"]) and _positive(pipeline["vs_forward_at_batch"])
+    # the evaluation pipelines (pixel pack, files) against the forward pass: the median of rounds run back
+    # to back, and the share of their time inside the network
+    for part in ("eval_pipeline", "eval_pipeline_from_files"):
+        pipeline = tiny[part]
+        assert len(pipeline["rounds_vs_forward"]) >= 1 and all(_positive(x) for x in pipeline["rounds_vs_forward"])
+        assert min(pipeline["rounds_vs_forward"]) <= pipeline["vs_forward"] <= max(pipeline["rounds_vs_forward"])
+        assert _positive(pipeline["vs_forward_at_batch"]) and 0 < pipeline["in_network"] < 1
+    assert _positive(tiny["forward_pipeline_batch_images_per_second"])
+    assert _positive(tiny["eval_pipeline"]["pack_write_seconds"])
+    # the real LFW View 2 evaluation (--quick: one same and one different pair a fold): the same accuracy from
+    # the files, into a new pixel pack and from it
+    view2 = r["lfw_view2"]["backbones"]["tiny"]
+    runs = [view2[run] for run in ("files", "pack_cold", "pack_warm")]
+    assert all(run["pairs"] == 20 and run["crops"] >= 20 and _positive(run["seconds"]) for run in runs)
+    assert runs[0]["accuracy"] == runs[1]["accuracy"] == runs[2]["accuracy"]
+    assert view2["warm_vs_files"] == pytest.approx(runs[0]["seconds"] / runs[2]["seconds"])
     m = r["machine"]
     assert m["logical_cpus"] >= 1 and m["torch_threads"] == 1 and "avx512_bf16" in m["isa"]
     assert m["cpu_trainer_precision"] in ("32-true", "bf16-mixed")
@@ -139,7 +150,7 @@ def test_unknown_section_is_one_error_line(capsys):
         bench_cli.main(["--sections", "overhead,warp"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        "error: --sections: unknown warp; choose from mfu, overhead, stn, pipeline, eval, precision, head_memory, "
+        "error: --sections: unknown warp; choose from mfu, lfw_view2, overhead, stn, pipeline, eval, precision, head_memory, "
         "recordio"
     )
 

@@ -114,3 +114,18 @@ def test_ytf_scores_the_available_pair_only_with_the_opt_in(checkpoints, tmp_pat
     np.savez(npz, names=np.asarray(frames), embeddings=np.eye(3, 4, dtype=np.float32))
     metrics = evaluate_cli.main(eval_cfg(tmp_path, f"embeddings={npz}", "eval=ytf", "eval.allow_missing=true"))
     assert metrics["n_pairs"] == 1 and metrics["skipped_pairs"] == 4999
+
+
+def test_a_second_evaluation_reads_the_pixel_pack_and_scores_the_same(checkpoints, tmp_path):
+    ckpt, packs = checkpoints["affine"], tmp_path / "packs"
+    common = (f"ckpt={ckpt}", "eval=lfw", "eval.max_pairs_per_fold=3", "eval.allow_identity_overlap=true")
+    first = evaluate_cli.main(eval_cfg(tmp_path / "first", *common, f"pixel_cache={packs}"))
+    [array_file] = packs.glob("pixels-128-*.npy")
+    written = array_file.stat().st_mtime_ns
+    shape = np.load(array_file, mmap_mode="r").shape  # one row per image the 60 pairs name
+    assert shape[1:] == (128, 128, 3) and first["n_pairs"] < shape[0] <= 2 * first["n_pairs"]
+    second = evaluate_cli.main(eval_cfg(tmp_path / "second", *common, f"pixel_cache={packs}"))
+    plain = evaluate_cli.main(eval_cfg(tmp_path / "plain", *common, "pixel_cache=false"))
+    assert array_file.stat().st_mtime_ns == written and len(list(packs.iterdir())) == 2  # read, not rewritten
+    for key in ("accuracy_mean", "auc", "eer", "best_threshold"):
+        assert first[key] == second[key] == plain[key], key

@@ -29,3 +29,17 @@ def test_train_pipeline_flips_and_jitters_only_when_asked() -> None:
     assert torch.equal(plain, eval_transform(20)(image=_image())["image"])
     names = [type(t).__name__ for t in train_transform(20, rotate_limit=10, perspective=0.05).transforms]
     assert names == ["Resize", "HorizontalFlip", "Affine", "Perspective", "Normalize", "ToTensorV2"]
+
+
+def test_eval_batch_is_eval_transform_image_by_image_bitwise() -> None:
+    from stn_face.data.augment import eval_batch
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((128, 128), (250, 250), (90, 120))]
+    for size in (112, 128, 160):
+        expected = torch.stack([eval_transform(size)(image=image)["image"] for image in images])
+        batch = eval_batch(images, size)
+        assert batch.shape == (3, 3, size, size) and batch.dtype == torch.float32 and batch.is_contiguous()
+        assert torch.equal(batch, expected), size
+    same_size = np.stack([images[0], images[0][::-1]])  # one (B, S, S, 3) array, used without a list
+    assert torch.equal(eval_batch(same_size, 128), torch.stack([eval_transform(128)(image=i)["image"] for i in same_size]))
