@@ -134,6 +134,22 @@ def build_model(overrides: Sequence[str], num_classes: int):
     return instantiate(cfg.model, num_classes=num_classes), cfg
 
 
+class TimedNetwork(torch.nn.Module):
+    """The embedder's network, with the seconds spent inside its calls added up in ``seconds``."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.seconds = 0.0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        try:
+            return self.net(images)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
 def trainer_precision(precision: str, trainer: str = "cpu") -> str:
     """``precision``, or for ``auto`` the precision ``conf/trainer/<trainer>`` chooses on this machine."""
     return str(compose([f"trainer={trainer}"]).trainer.precision) if precision == "auto" else precision

@@ -140,6 +140,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--view2-backbones", default="dlib_resnet,small",
                    help="backbones whose LFW View 2 evaluation the lfw_view2 section times")
     p.add_argument("--view2-batch", type=int, default=16, help="crops per network call (lfw_view2)")
+    p.add_argument("--view2-rounds", type=int, default=2,
+                   help="rounds of the files and pixel-pack evaluations, alternated (lfw_view2)")
     p.add_argument("--view2-pairs-per-fold", type=int, default=0,
                    help="same and different pairs kept per fold (lfw_view2; 0: all 600)")
     p.add_argument(
@@ -196,6 +198,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "view2_backbones": "tiny",
             "view2_batch": 4,
             "view2_pairs_per_fold": 1,
+            "view2_rounds": 1,
             "distinct_batches": 2,
             "rounds": 1,
             "overhead_rounds": 1,

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import Budget, build_model, median, model_overrides
+from benchmarks.common import Budget, TimedNetwork, build_model, median, model_overrides
 from stn_face.machine import cpu_flags, cpuinfo
 
 #: backbone -> extra overrides it needs (dlib's network takes 150 x 150 chips and is used frozen)
@@ -162,7 +162,7 @@ def bench_backbone(backbone: str, crops: Path, batch: int, eval_images: int, rou
     forward_flops = counted_flops(forward) / len(images)
     train_rate = _median_rate(train_step, len(images), rounds)
     embedder = FaceEmbedder(EmbeddingNet(model.transformer, model.backbone), image_size=size)
-    embedder.net = network = _TimedNetwork(embedder.net)
+    embedder.net = network = TimedNetwork(embedder.net)
     model.eval()
     # the bare forward pass's input: the pipeline's very images, decoded and normalised beforehand, each
     # batch with its mirrors (the pipeline runs 2 x batch images a call); the forward pass at ``batch``
@@ -231,22 +231,6 @@ def bench_backbone(backbone: str, crops: Path, batch: int, eval_images: int, rou
             "forward_pipeline_batch_images_per_second": median(forward_rates),
             "eval_pipeline": {**pipeline_row(pack_rates, pack_share), "pack_write_seconds": pack_seconds},
             "eval_pipeline_from_files": pipeline_row(file_rates, file_share)}
-
-
-class _TimedNetwork(torch.nn.Module):
-    """The embedder's network, with the seconds spent inside its calls added up in ``seconds``."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.seconds = 0.0
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        start = time.perf_counter()
-        try:
-            return self.net(images)
-        finally:
-            self.seconds += time.perf_counter() - start
 
 
 def old_main_job_precision() -> str:

@@ -115,7 +115,8 @@ def test_quick_run_writes_every_figure(quick_result, crops):
     view2 = r["lfw_view2"]["backbones"]["tiny"]
     runs = [view2[run] for run in ("files", "pack_cold", "pack_warm")]
     assert all(run["pairs"] == 20 and run["crops"] >= 20 and _positive(run["seconds"]) for run in runs)
-    assert runs[0]["accuracy"] == runs[1]["accuracy"] == runs[2]["accuracy"]
+    assert all(0 < run["in_network"] < 1 and len(run["rounds_seconds"]) == 1 for run in runs)
+    assert runs[0]["accuracy"] == runs[1]["accuracy"] == runs[2]["accuracy"] and len(view2["accuracies"]) == 1
     assert view2["warm_vs_files"] == pytest.approx(runs[0]["seconds"] / runs[2]["seconds"])
     m = r["machine"]
     assert m["logical_cpus"] >= 1 and m["torch_threads"] == 1 and "avx512_bf16" in m["isa"]
