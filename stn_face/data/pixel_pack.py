@@ -39,6 +39,8 @@ from stn_face.files import atomic_write
 log = logging.getLogger(__name__)
 
 FORMAT = "stn_face.pixel_pack"
+#: raise it whenever what a row holds changes (the decoding in ``read_rgb``, the resize in ``resize_for_eval``):
+#: packs of another version are rebuilt, never read
 VERSION = 1
 #: item lists whose pack would be larger than this are read from their files instead (2 GiB: LFW View 2's
 #: 7,701 crops take 379 MB at 128 px, 520 MB at dlib's 150 px)
