@@ -197,15 +197,15 @@ def read_record(path: str | Path, missing_ok: bool = False) -> dict[str, Any]:
     return raw
 
 
-def read_metrics(path: str | Path) -> dict[str, dict[str, Any]]:
-    """A metrics file as ``{set: summary}``.
+def read_metrics(path: str | Path, record: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """A metrics file as ``{set: summary}``; ``record``: the file's :func:`read_record`, when read already.
 
     Format 1 (see the module docstring) gives its ``sets``. Older files: ``{"lfw": summary, "ytf":
     summary}``; a flat summary (set from its ``"eval"`` / ``"benchmark"`` field, else from a file name
     ``[<stage>_]<set>_metrics.json``, else ``lfw``); logged keys like ``"lfw/accuracy_mean"``.
     """
     path = Path(path)
-    raw = read_record(path)
+    raw = read_record(path) if record is None else record
     result: dict[str, dict[str, Any]] = {}
     sets = raw.get("sets")
     if isinstance(sets, dict):
@@ -226,8 +226,10 @@ def read_metrics(path: str | Path) -> dict[str, dict[str, Any]]:
     return result
 
 
-def read_run_metrics(paths: Sequence[Path]) -> dict[str, dict[str, Any]]:
-    """Merge a run folder's metrics files: ``metrics.json`` and old ``test_*`` over old ``val_*`` ones."""
+def read_run_metrics(paths: Sequence[Path], records: Mapping[Path, dict[str, Any]] | None = None
+                     ) -> dict[str, dict[str, Any]]:
+    """Merge a run folder's metrics files: ``metrics.json`` and old ``test_*`` over old ``val_*`` ones
+    (``records``: path -> :func:`read_record` of the files read already)."""
 
     def rank(path: Path) -> int:
         stage = _file_benchmark(path)[0]
@@ -235,7 +237,7 @@ def read_run_metrics(paths: Sequence[Path]) -> dict[str, dict[str, Any]]:
 
     merged: dict[str, dict[str, Any]] = {}
     for path in sorted(paths, key=lambda p: (rank(p), p.name)):
-        merged.update(read_metrics(path))
+        merged.update(read_metrics(path, (records or {}).get(path)))
     return merged
 
 

@@ -178,11 +178,12 @@ def find_runs(root: str | Path) -> list[Run]:
             by_folder.setdefault(path.parent, []).append(path)
     runs = []
     for folder, paths in sorted(by_folder.items()):
-        metrics = read_run_metrics(paths)
+        records = {path: read_record(path) for path in paths}  # each file read once
+        metrics = read_run_metrics(paths, records)
         if not metrics:
             continue
         settings = _read_settings(folder, root)
-        if any(read_record(path).get("untrained") for path in paths if path.name == METRICS_FILE):
+        if any(records[path].get("untrained") for path in paths if path.name == METRICS_FILE):
             settings["seed"] = None
         runs.append(
             Run(
