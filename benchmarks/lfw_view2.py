@@ -62,6 +62,14 @@ def _evaluate(embedder, eval_overrides: list[str], batch: int, pixel_cache: Path
             "pairs": metrics["n_pairs"], "crops": len(eval_set.items)}
 
 
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One kind of run over its rounds: the median of each measured figure, the counts, every run's seconds."""
+    first = rows[0]
+    medians = {key: median([r[key] for r in rows]) if isinstance(value, float) else value
+               for key, value in first.items()}
+    return {**medians, "rounds_seconds": [r["seconds"] for r in rows]}
+
+
 def bench_lfw_view2(args, budget: Budget) -> dict[str, Any]:
     eval_overrides = ["eval=lfw"] + ([f"eval.max_pairs_per_fold={args.view2_pairs_per_fold}"]
                                      if args.view2_pairs_per_fold else [])
@@ -82,9 +90,7 @@ def bench_lfw_view2(args, budget: Budget) -> dict[str, Any]:
             for _ in range(max(args.view2_rounds, 1)):  # files and pack alternate, so drift hits both alike
                 runs["files"].append(_evaluate(*common, None))
                 runs["pack_warm"].append(_evaluate(*common, pack))
-        summary = {run: {key: (median([r[key] for r in rows]) if isinstance(rows[0][key], float) else rows[0][key])
-                         for key in rows[0]} | {"rounds_seconds": [r["seconds"] for r in rows]}
-                   for run, rows in runs.items()}
+        summary: dict[str, Any] = {run: _summary(rows) for run, rows in runs.items()}
         summary["accuracies"] = sorted({r["accuracy"] for rows in runs.values() for r in rows})
         result["backbones"][backbone] = {
             **summary, "image_size": embedder.image_size, "batch_size": args.view2_batch,

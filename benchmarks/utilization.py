@@ -142,7 +142,10 @@ def bench_backbone(backbone: str, crops: Path, batch: int, eval_images: int, rou
     model, cfg = build_model(model_overrides(backbone) + BACKBONE_SETTINGS.get(backbone, []), 100)
     size = int(cfg.data.image_size)
     files = sorted(crops.glob("*/*.jpg"))[:eval_images]
-    images = eval_batch([read_rgb(f) for f in files[:batch]], size)
+    # the crops decoded and normalised beforehand, batch by batch: the first is the MFU rows' batch, all of
+    # them (each with its mirrors) the bare forward pass's input beside the pipeline
+    batches = [eval_batch([read_rgb(f) for f in files[i:i + batch]], size) for i in range(0, len(files), batch)]
+    images = batches[0]
     labels = torch.arange(images.shape[0]) % 100
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
 
@@ -164,11 +167,9 @@ def bench_backbone(backbone: str, crops: Path, batch: int, eval_images: int, rou
     embedder = FaceEmbedder(EmbeddingNet(model.transformer, model.backbone), image_size=size)
     embedder.net = network = TimedNetwork(embedder.net)
     model.eval()
-    # the bare forward pass's input: the pipeline's very images, decoded and normalised beforehand, each
-    # batch with its mirrors (the pipeline runs 2 x batch images a call); the forward pass at ``batch``
-    # (the MFU row) is timed beside it on the first batch
-    ready = [torch.cat([chunk, chunk.flip(-1)]) for chunk in
-             (eval_batch([read_rgb(f) for f in files[i:i + batch]], size) for i in range(0, len(files), batch))]
+    # the bare forward pass's input: the pipeline's very images, each batch with its mirrors (the pipeline
+    # runs 2 x batch images a call); the forward pass at ``batch`` (the MFU row) is timed beside it
+    ready = [torch.cat([chunk, chunk.flip(-1)]) for chunk in batches]
 
     def forward_pass() -> None:
         with torch.inference_mode():

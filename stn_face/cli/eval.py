@@ -90,4 +90,3 @@ def _pixel_cache(value: Any) -> Path | None:
 
 if __name__ == "__main__":
     run_module(main)
-
